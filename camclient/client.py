@@ -1,0 +1,171 @@
+"""An asyncio client for the edge's REST login and WebSocket protocol (docs/protocol.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+PROTOCOL_VERSION = 1
+
+
+class ClientError(Exception):
+    """An error frame or REST error: ``code`` is the protocol's stable error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+async def login(base_url: str, username: str, password: str, *, verify: Any = True) -> str:
+    """Log in over REST and return the session token."""
+    async with httpx.AsyncClient(base_url=base_url, verify=verify, timeout=10) as http:
+        r = await http.post("/api/login", json={"username": username, "password": password})
+    body = r.json()
+    if r.status_code != 200:
+        err = body.get("error", {})
+        raise ClientError(err.get("code", "http_error"), err.get("message", r.reason_phrase))
+    return str(body["token"])
+
+
+def ws_url(base_url: str) -> str:
+    """``http://host:port`` -> ``ws://host:port/ws`` (and https -> wss)."""
+    if base_url.startswith("http"):
+        base_url = "ws" + base_url[4:]
+    return base_url.rstrip("/") + "/ws"
+
+
+class Client:
+    """One authenticated WebSocket connection.
+
+    Replies are matched to requests by id; every other frame (``message``,
+    ``room_added``...) goes to ``events``. ``last_seq`` holds, per room, the highest
+    sequence number delivered, which is what a resume needs.
+    """
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.last_seq: dict[int, int] = {}
+        self.hello: dict[str, Any] = {}
+        self.user: dict[str, Any] = {}
+        self.rooms: list[dict[str, Any]] = []
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self.close_code: int | None = None
+
+    @classmethod
+    async def open(cls, url: str, *, origin: str | None = None,
+                   max_size: int = 2**24) -> Client:
+        """Connect without authenticating (``hello`` is read)."""
+        headers = {"Origin": origin} if origin else None
+        ws = await connect(url, additional_headers=headers, max_size=max_size, open_timeout=10)
+        self = cls(ws)
+        self.hello = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    @classmethod
+    async def connect(cls, url: str, token: str, **kwargs: Any) -> Client:
+        """Connect and authenticate with a session token."""
+        self = await cls.open(url, **kwargs)
+        try:
+            result = await self.request("auth", token=token, v=PROTOCOL_VERSION)
+        except BaseException:
+            await self.close()
+            raise
+        self.user, self.rooms = result["user"], result["rooms"]
+        for room in self.rooms:
+            self.last_seq.setdefault(room["id"], room["last_seq"])
+        return self
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.ws:
+                frame = json.loads(raw)
+                op = frame.get("op")
+                if op in ("result", "error") and frame.get("id") in self._pending:
+                    fut = self._pending.pop(frame["id"])
+                    if not fut.done():
+                        fut.set_result(frame)
+                    continue
+                if op == "message":
+                    room, seq = frame["room"], frame["seq"]
+                    if seq > self.last_seq.get(room, 0):
+                        self.last_seq[room] = seq
+                elif op == "room_added":
+                    self.last_seq.setdefault(frame["room"]["id"], frame["room"]["last_seq"])
+                await self.events.put(frame)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.close_code = self.ws.close_code
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(ClientError("closed", f"connection closed ({self.close_code})"))
+            self._pending.clear()
+
+    async def send_raw(self, data: str | bytes) -> None:
+        await self.ws.send(data)
+
+    async def request(self, op: str, *, timeout: float = 15.0, **fields: Any) -> Any:
+        """Send one op and return its result; raise ClientError on an error frame."""
+        rid = next(self._ids)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        try:
+            await self.ws.send(json.dumps({"op": op, "id": rid, **fields}))
+        except ConnectionClosed as exc:
+            self._pending.pop(rid, None)
+            raise ClientError("closed", f"connection closed ({exc.rcvd})") from None
+        frame = await asyncio.wait_for(fut, timeout)
+        if frame["op"] == "error":
+            raise ClientError(frame["code"], frame["message"])
+        return frame["result"]
+
+    async def send(self, room: int, body: str, cid: str | None = None) -> dict[str, Any]:
+        """Send a message; returns the acknowledgement (room, seq, cid, ts)."""
+        return await self.request("send", room=room, body=body,  # type: ignore[no-any-return]
+                                  cid=cid or uuid.uuid4().hex)
+
+    async def history(self, room: int, **page: Any) -> dict[str, Any]:
+        return await self.request("history", room=room, **page)  # type: ignore[no-any-return]
+
+    async def next_event(self, op: str | None = None, *, timeout: float = 10.0,
+                         where: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+        """The next event matching ``op`` and ``where``; others before it are dropped."""
+        async with asyncio.timeout(timeout):
+            while True:
+                event = await self.events.get()
+                if (op is None or event.get("op") == op) and (where is None or where(event)):
+                    return event
+
+    async def messages(self, room: int, count: int, *, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """The next ``count`` message events of ``room``."""
+        got: list[dict[str, Any]] = []
+        while len(got) < count:
+            got.append(await self.next_event("message", timeout=timeout,
+                                             where=lambda e: e["room"] == room))
+        return got
+
+    async def wait_closed(self, timeout: float = 10.0) -> int | None:
+        if self._reader is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._reader), timeout)
+        return self.close_code
+
+    async def close(self) -> None:
+        await self.ws.close()
+        if self._reader is not None:
+            with contextlib.suppress(Exception):
+                await self._reader

@@ -1,0 +1,142 @@
+"""User accounts and server-side sessions.
+
+Passwords are hashed with Argon2id (argon2-cffi). A session token is 256 random bits
+handed to the client once; only its SHA-256 is stored, so a database leak does not
+leak usable sessions. Logout revokes the row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+import asyncpg
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from . import errors
+from .errors import CamError, RequestError
+
+USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MIN_PASSWORD = 8
+MAX_PASSWORD = 1024
+
+_hasher = PasswordHasher()
+# Verified against when the user does not exist, so timing does not reveal user names.
+_DUMMY_HASH = _hasher.hash("not-a-real-password")
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: int
+    username: str
+    display_name: str
+    is_admin: bool
+
+    def public(self) -> dict[str, object]:
+        return {"id": self.id, "username": self.username, "display_name": self.display_name}
+
+
+def _user(row: asyncpg.Record) -> User:
+    return User(row["id"], row["username"], row["display_name"], row["is_admin"])
+
+
+def _token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+def token_hash_hex(token: str) -> str:
+    """Public fingerprint of a session token, used to revoke its live connections."""
+    return _token_hash(token).hex()
+
+
+def validate_username(username: str) -> None:
+    if not USERNAME_RE.match(username):
+        raise RequestError(
+            f"user name {username!r} is invalid: expected 1-64 letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit"
+        )
+
+
+async def create_user(
+    pool: asyncpg.Pool,
+    username: str,
+    password: str,
+    *,
+    display_name: str | None = None,
+    is_admin: bool = False,
+) -> User:
+    validate_username(username)
+    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        raise RequestError(f"password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters long")
+    pw_hash = await asyncio.to_thread(_hasher.hash, password)
+    try:
+        row = await pool.fetchrow(
+            "INSERT INTO users (username, display_name, password_hash, is_admin)"
+            " VALUES ($1, $2, $3, $4) RETURNING id, username, display_name, is_admin",
+            username,
+            display_name or username,
+            pw_hash,
+            is_admin,
+        )
+    except asyncpg.UniqueViolationError:
+        raise CamError(f"user {username!r} already exists", errors.CONFLICT) from None
+    assert row is not None
+    return _user(row)
+
+
+async def list_users(pool: asyncpg.Pool) -> list[User]:
+    rows = await pool.fetch("SELECT id, username, display_name, is_admin FROM users ORDER BY id")
+    return [_user(r) for r in rows]
+
+
+async def authenticate(pool: asyncpg.Pool, username: str, password: str) -> User:
+    """The user whose password this is; BAD_CREDENTIALS otherwise (same for unknown users)."""
+    row = await pool.fetchrow(
+        "SELECT id, username, display_name, is_admin, password_hash FROM users WHERE username = $1",
+        username,
+    )
+    stored = row["password_hash"] if row else _DUMMY_HASH
+    try:
+        await asyncio.to_thread(_hasher.verify, stored, password)
+    except (VerificationError, InvalidHashError):
+        row = None
+    if row is None:
+        raise CamError("wrong user name or password", errors.BAD_CREDENTIALS)
+    return _user(row)
+
+
+async def create_session(pool: asyncpg.Pool, user_id: int, ttl: timedelta) -> str:
+    token = secrets.token_urlsafe(32)
+    await pool.execute(
+        "INSERT INTO sessions (token_hash, user_id, expires_at) VALUES ($1, $2, now() + $3)",
+        _token_hash(token),
+        user_id,
+        ttl,
+    )
+    return token
+
+
+async def resolve_session(pool: asyncpg.Pool, token: str) -> User | None:
+    """The user of a live session, or None when the token is unknown, expired or revoked."""
+    if not token or len(token) > 256:
+        return None
+    row = await pool.fetchrow(
+        "SELECT u.id, u.username, u.display_name, u.is_admin FROM sessions s"
+        " JOIN users u ON u.id = s.user_id"
+        " WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()",
+        _token_hash(token),
+    )
+    return _user(row) if row else None
+
+
+async def revoke_session(pool: asyncpg.Pool, token: str) -> bool:
+    status = await pool.execute(
+        "UPDATE sessions SET revoked_at = now() WHERE token_hash = $1 AND revoked_at IS NULL",
+        _token_hash(token),
+    )
+    return status.endswith(" 1")

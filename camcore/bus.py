@@ -1,0 +1,204 @@
+"""NATS plumbing shared by every service: connecting, request/reply, heartbeats."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import asyncpg
+import msgspec
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from . import errors, subjects
+from .errors import CamError, Unavailable
+from .wire import Reply, encode
+
+log = logging.getLogger(__name__)
+
+_reply_decoder = msgspec.json.Decoder(Reply)
+
+
+async def connect(
+    urls: Sequence[str],
+    name: str,
+    *,
+    connect_deadline: float = 30.0,
+    disconnected_cb: Callable[[], Awaitable[None]] | None = None,
+    reconnected_cb: Callable[[], Awaitable[None]] | None = None,
+) -> NATS:
+    """Connect, retrying until ``connect_deadline``; afterwards reconnect forever."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("bus: %s", exc)
+
+    async def on_disconnect() -> None:
+        log.warning("bus: disconnected")
+        if disconnected_cb:
+            await disconnected_cb()
+
+    async def on_reconnect() -> None:
+        log.info("bus: reconnected to %s", nc.connected_url.netloc if nc.connected_url else "?")
+        if reconnected_cb:
+            await reconnected_cb()
+
+    deadline = time.monotonic() + connect_deadline
+    while True:
+        nc = NATS()
+        try:
+            await nc.connect(
+                servers=list(urls),
+                name=name,
+                connect_timeout=2,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                ping_interval=5,
+                max_outstanding_pings=2,
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+            )
+            return nc
+        except Exception as exc:  # noqa: BLE001 - any failure to connect is retried
+            if time.monotonic() > deadline:
+                raise Unavailable(f"cannot connect to the bus at {', '.join(urls)}: {exc}") from exc
+            log.info("bus not reachable yet (%s), retrying", exc)
+            await asyncio.sleep(0.5)
+
+
+Handler = Callable[[Any], Awaitable[Any]]
+
+
+class RpcServer:
+    """Serves ``<prefix>.<op>`` requests in a queue group, each in its own task.
+
+    Every reply is a ``Reply``: the handler's result, or an error code and message.
+    """
+
+    def __init__(
+        self,
+        nc: NATS,
+        prefix: str,
+        queue: str,
+        handlers: dict[str, tuple[type[msgspec.Struct], Handler]],
+        *,
+        concurrency: int = 64,
+    ) -> None:
+        self._nc = nc
+        self._prefix = prefix
+        self._queue = queue
+        self._decoders = {op: msgspec.json.Decoder(t) for op, (t, _) in handlers.items()}
+        self._handlers = {op: h for op, (_, h) in handlers.items()}
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sub: Subscription | None = None
+        self.served = 0
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(f"{self._prefix}.*", queue=self._queue, cb=self._on_msg)
+
+    async def stop(self) -> None:
+        """Stop taking requests, then let the ones in flight finish."""
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=10)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        await self._slots.acquire()
+        task = asyncio.create_task(self._handle(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def _handle(self, msg: Msg) -> None:
+        op = msg.subject.rsplit(".", 1)[-1]
+        try:
+            decoder = self._decoders.get(op)
+            if decoder is None:
+                raise CamError(f"unknown operation {op!r}", errors.UNKNOWN_OP)
+            try:
+                request = decoder.decode(msg.data)
+            except msgspec.ValidationError as exc:
+                raise CamError(f"invalid request: {exc}", errors.BAD_REQUEST) from None
+            except msgspec.DecodeError:
+                raise CamError("request is not valid JSON", errors.MALFORMED_FRAME) from None
+            reply = Reply(ok=True, result=await self._handlers[op](request))
+        except CamError as exc:
+            reply = Reply(ok=False, code=exc.code, message=exc.message)
+        except (OSError, asyncpg.PostgresConnectionStatusError, asyncpg.InterfaceError,
+                asyncpg.CannotConnectNowError, TimeoutError) as exc:
+            log.warning("%s: database unavailable: %s", op, exc)
+            reply = Reply(ok=False, code=errors.UNAVAILABLE, message="database unavailable")
+        except Exception:
+            log.exception("%s failed", op)
+            reply = Reply(ok=False, code=errors.INTERNAL, message="internal error")
+        self.served += 1
+        if msg.reply:
+            try:
+                await msg.respond(encode(reply))
+            except Exception as exc:  # noqa: BLE001 - the requester retries on timeout
+                log.warning("%s: reply lost: %s", op, exc)
+
+
+async def call(nc: NATS, subject: str, request: msgspec.Struct, *, timeout: float = 5.0) -> Any:
+    """Send one request and return its result; raise CamError with the reply's code."""
+    if not nc.is_connected:
+        raise Unavailable("the message bus is unavailable")
+    try:
+        msg = await nc.request(subject, encode(request), timeout=timeout)
+    except nats.errors.NoRespondersError:
+        raise Unavailable("no service is answering; retry later") from None
+    except (nats.errors.TimeoutError, TimeoutError):
+        raise Unavailable("the service did not answer in time; retry later") from None
+    except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
+            nats.errors.ConnectionDrainingError, nats.errors.StaleConnectionError, OSError):
+        raise Unavailable("the message bus is unavailable") from None
+    reply = _reply_decoder.decode(msg.data)
+    if not reply.ok:
+        raise CamError(reply.message or reply.code or "error", reply.code or errors.INTERNAL)
+    return reply.result
+
+
+class Heartbeat(msgspec.Struct, kw_only=True):
+    """Payload of ``cam.hb.<kind>.<instance>``."""
+
+    kind: str
+    instance: str
+    node: str
+    pid: int
+    started: float
+    interval: float
+    load: dict[str, float] = {}
+
+
+async def heartbeat_loop(
+    nc: NATS,
+    kind: str,
+    instance: str,
+    node: str,
+    interval: float,
+    load: Callable[[], dict[str, float]],
+) -> None:
+    """Publish a heartbeat every ``interval`` seconds until cancelled."""
+    subject = subjects.heartbeat(kind, instance)
+    started = time.time()
+    while True:
+        if nc.is_connected:
+            hb = Heartbeat(kind=kind, instance=instance, node=node, pid=os.getpid(),
+                           started=started, interval=interval, load=load())
+            try:
+                await nc.publish(subject, encode(hb))
+            except Exception as exc:  # noqa: BLE001 - next beat tries again
+                log.debug("heartbeat not sent: %s", exc)
+        await asyncio.sleep(interval)

@@ -1,0 +1,701 @@
+"""Node configuration: boot.ini, then CAM_* environment variables, then overrides.
+
+The keys of cluster-spec.md section 3 (``cam.clusterHosts`` ...) plus our own keys are
+listed once, in :data:`KEYS`; parsing, validation, the child-process environment and
+the generated docs are all driven by that table. A bad value fails at start-up with a
+:class:`ConfigError` whose one-line message names the key, the value and what was
+expected.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+DEFAULT_HOST_PORT: Final = 443
+"""Port of a ``cam.clusterHosts`` entry written without ``:port`` (the spec's HTTPS)."""
+
+BOOT_INI_ENV: Final = "CAM_BOOT_INI"
+"""Environment variable naming the boot.ini to read when no path is given."""
+
+
+class ConfigError(Exception):
+    """A bad configuration value; str() is one line naming the key, value and expectation."""
+
+    def __init__(self, key: str, value: str, expected: str, source: str = "") -> None:
+        # All four go to args so the exception survives pickling (multiprocessing).
+        super().__init__(key, value, expected, source)
+        self.key = key
+        self.value = value
+        self.expected = expected
+        self.source = source
+
+    def __str__(self) -> str:
+        where = f" (from {_one_line(self.source)})" if self.source else ""
+        return (
+            f"config error: {_one_line(self.key)}='{_one_line(self.value)}'{where}: "
+            f"expected {_one_line(self.expected)}"
+        )
+
+
+def _one_line(text: str) -> str:
+    # Env values may carry newlines; escaping them keeps the error a single log line.
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class _Invalid(ValueError):
+    """Raised by a key parser; load_settings turns it into a ConfigError."""
+
+    def __init__(self, expected: str) -> None:
+        super().__init__(expected)
+        self.expected = expected
+
+
+# --------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True)
+class HostEntry:
+    """One ``cam.clusterHosts`` entry; ``host`` is kept without IPv6 brackets."""
+
+    host: str
+    port: int
+    explicit_port: bool
+
+    @property
+    def address(self) -> str:
+        """``host:port`` (IPv6 hosts in brackets)."""
+        return f"{_bracket(self.host)}:{self.port}"
+
+    def as_config(self) -> str:
+        """The entry as written in boot.ini (no port when it was implicit)."""
+        return self.address if self.explicit_port else _bracket(self.host)
+
+
+@dataclass(frozen=True)
+class VideoDomain:
+    """One ``cam.videoDomains`` entry: a server and its target number of participants."""
+
+    name: str
+    capacity: int
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+_LABEL = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+_NUMERIC_HOST = re.compile(r"^[0-9.]+$")
+_PORT = re.compile(r"^[0-9]{1,5}$")
+_INT = re.compile(r"^[+-]?[0-9]+$")
+_FLOAT = re.compile(r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$")
+_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+_ORIGIN = re.compile(r"^(https?)://(\[[^\]/\s]+\]|[^/:?#\[\]@\s]+)(?::([0-9]+))?$")
+_USERINFO_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^@/\s]*@")
+
+
+def _is_hostname(host: str) -> bool:
+    """A DNS name or dotted IPv4; '_' is allowed because compose service names use it."""
+    if _NUMERIC_HOST.match(host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return False
+        return True
+    name = host[:-1] if host.endswith(".") else host
+    if not name or len(name) > 253:
+        return False
+    return all(_LABEL.match(label) for label in name.split("."))
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_port(text: str) -> int:
+    if not _PORT.match(text) or not 1 <= int(text) <= 65535:
+        raise _Invalid(f"port '{text}' to be 1..65535")
+    return int(text)
+
+
+def _parse_host_entry(text: str) -> HostEntry:
+    """``host``, ``host:port``, ``[ipv6]`` or ``[ipv6]:port``."""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or not _is_ipv6(text[1:end]):
+            raise _Invalid(f"'{text}' to hold an IPv6 address in brackets")
+        host, rest = text[1:end], text[end + 1 :]
+        if not rest:
+            return HostEntry(host, DEFAULT_HOST_PORT, False)
+        if not rest.startswith(":"):
+            raise _Invalid(f"'{text}' to be [IPv6] or [IPv6]:port")
+        return HostEntry(host, _parse_port(rest[1:]), True)
+    if text.count(":") > 1:
+        raise _Invalid(f"'{text}' to be host or host:port (IPv6 addresses go in brackets)")
+    host, sep, port = text.partition(":")
+    if not _is_hostname(host):
+        raise _Invalid(f"'{host}' to be a host name, FQDN or IPv4 address")
+    if not sep:
+        return HostEntry(host, DEFAULT_HOST_PORT, False)
+    return HostEntry(host, _parse_port(port), True)
+
+
+def _split(text: str, sep: str, what: str) -> list[str]:
+    """Split a list value; an empty value is an empty list, an empty entry is an error."""
+    if not text:
+        return []
+    items = [item.strip() for item in text.split(sep)]
+    for index, item in enumerate(items, start=1):
+        if not item:
+            raise _Invalid(f"{what} (entry {index} is empty)")
+    return items
+
+
+def _host_of(value: str) -> str:
+    """Lower-cased host of a URL or ``host[:port]``; the raw value when unparsable."""
+    host: str | None
+    try:
+        host = urlsplit(value).hostname if "://" in value else _parse_host_entry(value).host
+    except ValueError:
+        host = None
+    return (host or value).lower().rstrip(".")
+
+
+def _redact(value: str) -> str:
+    # URLs may carry a password; error messages end up in logs.
+    return _USERINFO_PASSWORD.sub(r"\1***@", value)
+
+
+# --------------------------------------------------------------------------- parsers
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+def _non_empty(raw: str) -> str:
+    if not raw:
+        raise _Invalid("a non-empty path")
+    return raw
+
+
+_TRUE: Final = frozenset({"true", "yes", "1", "on"})
+_FALSE: Final = frozenset({"false", "no", "0", "off"})
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise _Invalid("a boolean: true/false, yes/no, on/off or 1/0")
+
+
+def _bool_text(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        if not _INT.match(raw) or not low <= int(raw) <= high:
+            raise _Invalid(f"an integer from {low} to {high}")
+        return int(raw)
+
+    return parse
+
+
+def _float_range(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        value = float(raw) if _FLOAT.match(raw) else math.nan
+        if not (math.isfinite(value) and low <= value <= high):
+            raise _Invalid(f"a number of seconds from {low:g} to {high:g}")
+        return value
+
+    return parse
+
+
+_HOSTS_EXPECTED: Final = (
+    "host names separated by ';', each a hostname, FQDN, IPv4 or [IPv6] address, "
+    "optionally with :port (1..65535)"
+)
+
+
+def _cluster_hosts(raw: str) -> tuple[HostEntry, ...]:
+    entries: list[HostEntry] = []
+    for item in _split(raw, ";", _HOSTS_EXPECTED):
+        try:
+            entries.append(_parse_host_entry(item))
+        except _Invalid as exc:
+            raise _Invalid(f"{_HOSTS_EXPECTED} ({exc.expected})") from None
+    return tuple(entries)
+
+
+def _hosts_text(value: tuple[HostEntry, ...]) -> str:
+    return ";".join(entry.as_config() for entry in value)
+
+
+_VIDEO_EXPECTED: Final = (
+    "server=capacity pairs separated by ';' with capacity a positive integer "
+    "and each server named once"
+)
+
+
+def _video_domains(raw: str) -> tuple[VideoDomain, ...]:
+    domains: list[VideoDomain] = []
+    seen: set[str] = set()
+    for item in _split(raw, ";", _VIDEO_EXPECTED):
+        name, sep, capacity = (part.strip() for part in item.partition("="))
+        if not sep or not _INT.match(capacity) or int(capacity) <= 0:
+            raise _Invalid(f"{_VIDEO_EXPECTED} (bad entry '{item}')")
+        try:
+            _parse_host_entry(name)
+        except _Invalid as exc:
+            raise _Invalid(f"{_VIDEO_EXPECTED} ({exc.expected})") from None
+        # Host names are case-insensitive, so CamServer1 and camserver1 are one server.
+        if name.lower() in seen:
+            raise _Invalid(f"{_VIDEO_EXPECTED} ('{name}' is listed twice)")
+        seen.add(name.lower())
+        domains.append(VideoDomain(name, int(capacity)))
+    return tuple(domains)
+
+
+def _video_text(value: tuple[VideoDomain, ...]) -> str:
+    return ";".join(f"{domain.name}={domain.capacity}" for domain in value)
+
+
+def _server_url_domain(raw: str) -> str:
+    if not raw:
+        return raw
+    expected = "a host, host:port or http(s):// URL with a host"
+    if "://" in raw:
+        try:
+            parts = urlsplit(raw)
+            port = parts.port
+        except ValueError:
+            raise _Invalid(expected) from None
+        host = parts.hostname or ""
+        if parts.scheme not in ("http", "https") or not (_is_hostname(host) or _is_ipv6(host)):
+            raise _Invalid(expected)
+        if port == 0:
+            raise _Invalid(expected)
+        return raw
+    try:
+        _parse_host_entry(raw)
+    except _Invalid as exc:
+        raise _Invalid(f"{expected} ({exc.expected})") from None
+    return raw
+
+
+def _default_node_name() -> str:
+    """The machine's short host name, made into a valid subject token."""
+    label = socket.gethostname().split(".")[0]
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", label).lstrip("_-")[:63]
+    return name if _NODE_NAME.match(name) else "node"
+
+
+def _node_name(raw: str) -> str:
+    if not _NODE_NAME.match(raw):
+        raise _Invalid(
+            "a node name of 1-63 letters, digits, '_' or '-' starting with a letter or digit"
+        )
+    return raw
+
+
+_NATS_SCHEMES: Final = ("nats", "tls", "ws", "wss")
+
+
+def _nats_urls(raw: str) -> tuple[str, ...]:
+    expected = "one or more nats://, tls://, ws:// or wss:// URLs with a host, separated by ','"
+    urls = _split(raw, ",", expected)
+    if not urls:
+        raise _Invalid(expected)
+    for url in urls:
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            raise _Invalid(f"{expected} (bad URL '{_redact(url)}')") from None
+        if parts.scheme not in _NATS_SCHEMES or not parts.hostname or port == 0:
+            raise _Invalid(f"{expected} (bad URL '{_redact(url)}')")
+    return tuple(urls)
+
+
+def _database_url(raw: str) -> str:
+    if raw and (not raw.startswith(("postgres://", "postgresql://")) or re.search(r"\s", raw)):
+        raise _Invalid("empty (embedded Postgres) or a postgres:// or postgresql:// URL")
+    return raw
+
+
+def _http_host(raw: str) -> str:
+    if not (_is_hostname(raw) or _is_ipv6(raw)):
+        raise _Invalid("an address to listen on: host name, IPv4 or IPv6 address (no brackets)")
+    return raw
+
+
+_ORIGINS_EXPECTED: Final = (
+    "'*' or origins separated by ';', each http(s)://host[:port] with no path"
+)
+
+
+def _allowed_origins(raw: str) -> tuple[str, ...]:
+    if raw == "*":
+        return ("*",)
+    origins: list[str] = []
+    for item in _split(raw, ";", _ORIGINS_EXPECTED):
+        match = _ORIGIN.match(item)
+        if not match:
+            raise _Invalid(f"{_ORIGINS_EXPECTED} (bad origin '{item}')")
+        host, port = match.group(2), match.group(3)
+        host_ok = _is_ipv6(host[1:-1]) if host.startswith("[") else _is_hostname(host)
+        port_ok = port is None or (_PORT.match(port) is not None and 1 <= int(port) <= 65535)
+        if not (host_ok and port_ok):
+            raise _Invalid(f"{_ORIGINS_EXPECTED} (bad origin '{item}')")
+        # Browsers send Origin lower-cased; storing it so makes matching a plain compare.
+        origins.append(item.lower())
+    return tuple(origins)
+
+
+def _trusted_proxies(raw: str) -> tuple[str, ...]:
+    expected = "IP addresses or CIDR networks separated by ';'"
+    items = _split(raw, ";", expected)
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise _Invalid(f"{expected} (bad entry '{item}')") from None
+    return tuple(items)
+
+
+def _join(sep: str) -> Callable[[tuple[str, ...]], str]:
+    return sep.join
+
+
+# --------------------------------------------------------------------------- key table
+
+
+@dataclass(frozen=True)
+class ConfigKey:
+    """One configuration key: where it is read from and how it is checked."""
+
+    ini: str
+    env: str
+    field: str
+    default: str
+    """Raw default as it would be written in boot.ini (or a description when computed)."""
+    description: str
+    parse: Callable[[str], Any]
+    """Raw text -> typed value; raises _Invalid with what was expected."""
+    format: Callable[[Any], str] = str
+    """Typed value -> raw text that parses back to the same value."""
+    default_factory: Callable[[], str] | None = None
+    """Computes the raw default at load time (then ``default`` only documents it)."""
+
+    def raw_default(self) -> str:
+        """The raw default value to parse when nothing sets the key."""
+        return self.default_factory() if self.default_factory else self.default
+
+
+KEYS: Final[tuple[ConfigKey, ...]] = (
+    ConfigKey(
+        ini="cam.clusterHosts",
+        env="CAM_CLUSTER_HOSTS",
+        field="cluster_hosts",
+        default="",
+        description="Every server's host, ';'-separated, own host first; no :port means 443.",
+        parse=_cluster_hosts,
+        format=_hosts_text,
+    ),
+    ConfigKey(
+        ini="cam.clusterHostsDesc",
+        env="CAM_CLUSTER_HOSTS_DESC",
+        field="cluster_hosts_desc",
+        default="",
+        description="Free-text description of the cluster shown to administrators.",
+        parse=_text,
+    ),
+    ConfigKey(
+        ini="cam.serverDatePath",
+        env="CAM_SERVER_DATE_PATH",
+        field="server_date_path",
+        default="./data",
+        description="Shared data root (attachments; embedded Postgres data when no database URL).",
+        parse=_non_empty,
+    ),
+    ConfigKey(
+        ini="cam.disableLANNetwork",
+        env="CAM_DISABLE_LAN_NETWORK",
+        field="disable_lan_network",
+        default="true",
+        description="Disable serverless LAN mode (not needed in a cluster).",
+        parse=_bool,
+        format=_bool_text,
+    ),
+    ConfigKey(
+        ini="cam.videoDomains",
+        env="CAM_VIDEO_DOMAINS",
+        field="video_domains",
+        default="",
+        description="Video servers in order of use with target participants: 'a=50;b=50'.",
+        parse=_video_domains,
+        format=_video_text,
+    ),
+    ConfigKey(
+        ini="cam.serverURLDomain",
+        env="CAM_SERVER_URL_DOMAIN",
+        field="server_url_domain",
+        default="",
+        description="Public URL/domain; not a cluster host means a load balancer.",
+        parse=_server_url_domain,
+    ),
+    ConfigKey(
+        ini="cam.nodeName",
+        env="CAM_NODE_NAME",
+        field="node_name",
+        default="(short host name)",
+        description="Name of this node on the bus (letters, digits, '_', '-').",
+        parse=_node_name,
+        default_factory=_default_node_name,
+    ),
+    ConfigKey(
+        ini="cam.natsUrl",
+        env="CAM_NATS_URL",
+        field="nats_urls",
+        default="nats://127.0.0.1:4222",
+        description="NATS server URLs, ','-separated (nats://, tls://, ws://, wss://).",
+        parse=_nats_urls,
+        format=_join(","),
+    ),
+    ConfigKey(
+        ini="cam.databaseUrl",
+        env="CAM_DATABASE_URL",
+        field="database_url",
+        default="",
+        description="Postgres URL; empty runs an embedded Postgres under cam.serverDatePath.",
+        parse=_database_url,
+    ),
+    ConfigKey(
+        ini="cam.httpHost",
+        env="CAM_HTTP_HOST",
+        field="http_host",
+        default="0.0.0.0",
+        description="Address the HTTP/WebSocket edge listens on.",
+        parse=_http_host,
+    ),
+    ConfigKey(
+        ini="cam.httpPort",
+        env="CAM_HTTP_PORT",
+        field="http_port",
+        default="8080",
+        description="Port the HTTP/WebSocket edge listens on (0 picks a free port).",
+        parse=_int_range(0, 65535),
+    ),
+    ConfigKey(
+        ini="cam.allowedOrigins",
+        env="CAM_ALLOWED_ORIGINS",
+        field="allowed_origins",
+        default="",
+        description="Browser origins allowed to open a WebSocket, ';'-separated, or '*'.",
+        parse=_allowed_origins,
+        format=_join(";"),
+    ),
+    ConfigKey(
+        ini="cam.maxFrameBytes",
+        env="CAM_MAX_FRAME_BYTES",
+        field="max_frame_bytes",
+        default="65536",
+        description="Largest WebSocket frame accepted from a client, in bytes.",
+        parse=_int_range(1024, 16_777_216),
+    ),
+    ConfigKey(
+        ini="cam.maxMessageChars",
+        env="CAM_MAX_MESSAGE_CHARS",
+        field="max_message_chars",
+        default="4000",
+        description="Longest chat message body, in characters.",
+        parse=_int_range(1, 100_000),
+    ),
+    ConfigKey(
+        ini="cam.sessionTtlHours",
+        env="CAM_SESSION_TTL_HOURS",
+        field="session_ttl_hours",
+        default="720",
+        description="Lifetime of a login session, in hours.",
+        parse=_int_range(1, 87_600),
+    ),
+    ConfigKey(
+        ini="cam.heartbeatInterval",
+        env="CAM_HEARTBEAT_INTERVAL",
+        field="heartbeat_interval",
+        default="1.0",
+        description="Seconds between heartbeats of every process.",
+        parse=_float_range(0.05, 60.0),
+        format=repr,
+    ),
+    ConfigKey(
+        ini="cam.nodeTimeout",
+        env="CAM_NODE_TIMEOUT",
+        field="node_timeout",
+        default="6.0",
+        description="Seconds without heartbeat before a node counts as down (> 2 x heartbeat).",
+        parse=_float_range(0.05, 300.0),
+        format=repr,
+    ),
+    ConfigKey(
+        ini="cam.trustedProxies",
+        env="CAM_TRUSTED_PROXIES",
+        field="trusted_proxies",
+        default="",
+        description="Proxies (IPs/CIDRs, ';'-separated) whose X-Forwarded-* are trusted.",
+        parse=_trusted_proxies,
+        format=_join(";"),
+    ),
+)
+
+_BY_INI: Final[dict[str, ConfigKey]] = {key.ini: key for key in KEYS}
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated configuration of one node (field meanings: see :data:`KEYS`)."""
+
+    cluster_hosts: tuple[HostEntry, ...]
+    cluster_hosts_desc: str
+    server_date_path: str
+    disable_lan_network: bool
+    video_domains: tuple[VideoDomain, ...]
+    server_url_domain: str
+    node_name: str
+    nats_urls: tuple[str, ...]
+    database_url: str
+    http_host: str
+    http_port: int
+    allowed_origins: tuple[str, ...]
+    max_frame_bytes: int
+    max_message_chars: int
+    session_ttl_hours: int
+    heartbeat_interval: float
+    node_timeout: float
+    trusted_proxies: tuple[str, ...]
+    unknown_keys: tuple[str, ...]
+    source: str
+
+    @property
+    def lb_in_front(self) -> bool:
+        """True when cam.serverURLDomain names a host that is none of cam.clusterHosts."""
+        if not self.server_url_domain:
+            return False
+        public = _host_of(self.server_url_domain)
+        return all(public != entry.host.lower().rstrip(".") for entry in self.cluster_hosts)
+
+    @property
+    def data_root(self) -> Path:
+        """cam.serverDatePath as a Path (a UNC path stays a plain string path on POSIX)."""
+        return Path(self.server_date_path)
+
+
+def parse_boot_ini(text: str, source: str = "boot.ini") -> dict[str, tuple[str, int]]:
+    """key -> (raw value, line number) of ``key=value`` lines; '#'/'!' lines are comments."""
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    result: dict[str, tuple[str, int]] = {}
+    # Not str.splitlines(): it also splits on form feeds and Unicode separators,
+    # which would shift line numbers away from what an editor shows.
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    for number, line in enumerate(lines, start=1):
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#!":
+            continue
+        key, sep, value = stripped.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(stripped, "", "key=value", f"{source} line {number}")
+        result[key] = (value.strip(), number)
+    return result
+
+
+def _read_boot_ini(path: str) -> str:
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        raise ConfigError("boot.ini", path, "an existing readable file") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            "boot.ini", path, f"UTF-8 text (invalid byte at offset {exc.start})"
+        ) from None
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> Settings:
+    """Read boot.ini, apply CAM_* environment variables, then overrides; validate all."""
+    env = os.environ if environ is None else environ
+    file_path = os.fspath(path) if path is not None else env.get(BOOT_INI_ENV, "")
+
+    # key ini name -> (raw value, where it came from)
+    raw: dict[str, tuple[str, str]] = {}
+    unknown: list[str] = []
+    if file_path:
+        entries = parse_boot_ini(_read_boot_ini(file_path), file_path)
+        for name, (value, line) in entries.items():
+            if name in _BY_INI:
+                raw[name] = (value, f"{file_path} line {line}")
+            else:
+                unknown.append(name)
+    for key in KEYS:
+        if key.env in env:
+            raw[key.ini] = (env[key.env].strip(), f"environment variable {key.env}")
+    for name, value in (overrides or {}).items():
+        if name not in _BY_INI:
+            raise ConfigError(name, value, "a known configuration key", "overrides")
+        raw[name] = (value.strip(), "override")
+
+    values: dict[str, Any] = {}
+    for key in KEYS:
+        value, where = raw.setdefault(key.ini, (key.raw_default(), "default"))
+        try:
+            values[key.field] = key.parse(value)
+        except _Invalid as exc:
+            raise ConfigError(key.ini, _redact(value), exc.expected, where) from None
+
+    # A node must miss at least two heartbeats before it is declared down.
+    if values["node_timeout"] <= 2 * values["heartbeat_interval"]:
+        value, where = raw["cam.nodeTimeout"]
+        raise ConfigError(
+            "cam.nodeTimeout",
+            value,
+            f"more than 2 x cam.heartbeatInterval "
+            f"({2 * values['heartbeat_interval']:g} seconds) and at most 300",
+            where,
+        )
+    return Settings(**values, unknown_keys=tuple(unknown), source=file_path)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The CAM_* environment that reproduces these settings (for child processes)."""
+    return {key.env: key.format(getattr(settings, key.field)) for key in KEYS}
+
+
+# Catch a KEYS/Settings mismatch at import time rather than at the first load.
+assert {key.field for key in KEYS} | {"unknown_keys", "source"} == {
+    f.name for f in fields(Settings)
+}

@@ -1,0 +1,29 @@
+"""Client protocol constants: WebSocket close codes and limits (docs/protocol.md)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Standard close codes (RFC 6455).
+CLOSE_NORMAL: Final = 1000
+CLOSE_UNSUPPORTED_DATA: Final = 1003  # a binary frame; the protocol is text JSON
+CLOSE_POLICY: Final = 1008  # Origin refused, or too many bad frames
+CLOSE_TOO_BIG: Final = 1009  # a frame over cam.maxFrameBytes
+CLOSE_INTERNAL: Final = 1011
+
+# Our own close codes (4000-4999 are for applications).
+CLOSE_RESUME: Final = 4001
+"""The client fell behind (its outgoing queue filled up): reconnect and resume."""
+CLOSE_RECONNECT_ELSEWHERE: Final = 4002
+"""The node is shutting down: reconnect (to another node) and resume."""
+CLOSE_AUTH_TIMEOUT: Final = 4401
+"""No successful ``auth`` frame within the time allowed."""
+
+AUTH_TIMEOUT_SECONDS: Final = 15.0
+OUTGOING_QUEUE_FRAMES: Final = 2048
+BAD_FRAMES_BEFORE_CLOSE: Final = 20
+RESUME_MAX_MESSAGES: Final = 1000
+"""A resume missing more than this many messages is told to page through history."""
+REPAIR_PAGE: Final = 200
+
+SESSION_COOKIE: Final = "cam_session"

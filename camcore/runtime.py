@@ -1,0 +1,54 @@
+"""Process entry helpers shared by every service: config, logging, signals."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+from .config import ConfigError, Settings, load_settings
+
+
+def setup_logging(name: str) -> None:
+    logging.basicConfig(
+        level=os.environ.get("CAM_LOG_LEVEL", "INFO").upper(),
+        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def load_or_exit(config: str | None) -> Settings:
+    """Settings from boot.ini and the environment; a bad value ends the process (exit 2)."""
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def service_main(name: str, serve: Callable[[Settings], Awaitable[None]]) -> None:
+    """Standard ``main`` of a bus service: ``--config boot.ini``, then serve until a signal."""
+    parser = argparse.ArgumentParser(prog=name)
+    parser.add_argument("--config", help="path to boot.ini (default: $CAM_BOOT_INI)")
+    args = parser.parse_args()
+    setup_logging(name)
+    settings = load_or_exit(args.config)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(settings))
+    else:
+        uvloop.run(serve(settings))
+
+
+async def wait_for_stop_signal() -> None:
+    """Return on SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

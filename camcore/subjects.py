@@ -1,0 +1,65 @@
+"""The NATS subject catalogue: every subject the system uses, defined once.
+
+Subjects are built only from validated integers and node names (never from raw user
+input), by the builder functions below. docs/subjects.md lists them with publishers,
+subscribers and payloads.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+PREFIX: Final = "cam"
+
+CHAT_QUEUE: Final = "chat"
+"""Queue group shared by all chat replicas, so each request is served once."""
+
+HEALTH_QUEUE: Final = "health"
+"""Queue group shared by all health replicas."""
+
+CHAT_RPC: Final = f"{PREFIX}.chat.rpc"
+"""Prefix of chat request/reply subjects: ``cam.chat.rpc.<op>`` (served by chat)."""
+
+CHAT_RPC_ALL: Final = f"{CHAT_RPC}.*"
+"""Wildcard the chat service subscribes to, in queue group ``chat``."""
+
+ROOM_EVENTS_ALL: Final = f"{PREFIX}.room.*.ev"
+"""Every room's sequenced events (debugging only; edges subscribe per room)."""
+
+USER_EVENTS_ALL: Final = f"{PREFIX}.user.*.ev"
+"""Every user's private events (debugging only; edges subscribe per local user)."""
+
+HEARTBEAT_ALL: Final = f"{PREFIX}.hb.>"
+"""Heartbeats of every process: ``cam.hb.<kind>.<instance>`` (health subscribes)."""
+
+HEALTH_CLUSTER: Final = f"{PREFIX}.health.rpc.cluster"
+"""Request/reply: the cluster view kept by the health service."""
+
+_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+
+
+def _token(value: str) -> str:
+    if not _TOKEN.match(value):
+        raise ValueError(f"not a valid subject token: {value!r}")
+    return value
+
+
+def chat_rpc(op: str) -> str:
+    """``cam.chat.rpc.<op>``: a chat command, served by one chat replica."""
+    return f"{CHAT_RPC}.{_token(op)}"
+
+
+def room_events(room_id: int) -> str:
+    """``cam.room.<id>.ev``: sequenced events of one room, published after commit."""
+    return f"{PREFIX}.room.{int(room_id)}.ev"
+
+
+def user_events(user_id: int) -> str:
+    """``cam.user.<id>.ev``: events for one user's sessions (e.g. added to a room)."""
+    return f"{PREFIX}.user.{int(user_id)}.ev"
+
+
+def heartbeat(kind: str, instance: str) -> str:
+    """``cam.hb.<kind>.<instance>``: liveness and load of one process."""
+    return f"{PREFIX}.hb.{_token(kind)}.{_token(instance)}"

@@ -1,0 +1,195 @@
+"""Wire schemas: client frames (WebSocket JSON) and bus payloads (NATS JSON).
+
+Client frames are decoded in two steps: raw JSON to a dict (so a malformed frame and
+an unknown op get their own error codes), then ``msgspec.convert`` to the op's struct,
+which validates types and limits.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final
+
+import msgspec
+
+RoomId = Annotated[int, msgspec.Meta(ge=1, le=2**62)]
+UserName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+RoomName = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+ClientMsgId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]
+RequestId = str | int | None
+Seq = Annotated[int, msgspec.Meta(ge=0)]
+PageLimit = Annotated[int, msgspec.Meta(ge=1, le=200)]
+
+MAX_NAMES: Final = 100
+
+encode = msgspec.json.Encoder().encode
+_decoder = msgspec.json.Decoder()
+
+
+def decode(data: bytes | str) -> Any:
+    """Raw JSON to builtins; raises msgspec.DecodeError on malformed input."""
+    return _decoder.decode(data)
+
+
+# ---------------------------------------------------------------- client -> edge
+
+
+class Frame(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="op"):
+    """Base of every client frame: an op (the tag) and an optional request id."""
+
+    id: RequestId = None
+
+
+class Auth(Frame, tag="auth"):
+    token: str | None = None
+    v: int = 1
+
+
+class Ping(Frame, tag="ping"):
+    pass
+
+
+class ListRoomsFrame(Frame, tag="rooms"):
+    pass
+
+
+class CreateRoomFrame(Frame, tag="create_room"):
+    name: RoomName
+    members: Annotated[list[UserName], msgspec.Meta(max_length=MAX_NAMES)] = []
+
+
+class OpenDirectFrame(Frame, tag="open_direct"):
+    user: UserName
+
+
+class InviteFrame(Frame, tag="invite"):
+    room: RoomId
+    users: Annotated[list[UserName], msgspec.Meta(min_length=1, max_length=MAX_NAMES)]
+
+
+class SendFrame(Frame, tag="send"):
+    room: RoomId
+    cid: ClientMsgId
+    body: str
+
+
+class HistoryFrame(Frame, tag="history"):
+    room: RoomId
+    before: Seq | None = None
+    after: Seq | None = None
+    limit: PageLimit = 50
+
+
+class MembersFrame(Frame, tag="members"):
+    room: RoomId
+
+
+class SubscribeFrame(Frame, tag="subscribe"):
+    room: RoomId
+    since: Seq | None = None
+
+
+CLIENT_FRAMES: Final[dict[str, type[Frame]]] = {
+    cls.__struct_config__.tag: cls  # type: ignore[misc]
+    for cls in (
+        Auth,
+        Ping,
+        ListRoomsFrame,
+        CreateRoomFrame,
+        OpenDirectFrame,
+        InviteFrame,
+        SendFrame,
+        HistoryFrame,
+        MembersFrame,
+        SubscribeFrame,
+    )
+}
+
+
+# ---------------------------------------------------------------- edge -> chat (bus)
+
+
+class ChatRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Base of chat commands; ``user_id`` is the authenticated caller, set by the edge."""
+
+    user_id: int
+
+
+class CreateRoom(ChatRequest):
+    name: RoomName
+    members: list[UserName] = []
+
+
+class OpenDirect(ChatRequest):
+    peer: UserName
+
+
+class Invite(ChatRequest):
+    room: RoomId
+    users: list[UserName]
+
+
+class ListRooms(ChatRequest):
+    pass
+
+
+class SendMessage(ChatRequest):
+    room: RoomId
+    cid: ClientMsgId
+    body: str
+
+
+class History(ChatRequest):
+    room: RoomId
+    before: Seq | None = None
+    after: Seq | None = None
+    limit: PageLimit = 50
+
+
+class Members(ChatRequest):
+    room: RoomId
+
+
+class RoomInfo(ChatRequest):
+    room: RoomId
+
+
+#: Chat op name (the last subject token) -> request struct.
+CHAT_OPS: Final[dict[str, type[ChatRequest]]] = {
+    "create_room": CreateRoom,
+    "open_direct": OpenDirect,
+    "invite": Invite,
+    "list_rooms": ListRooms,
+    "send": SendMessage,
+    "history": History,
+    "members": Members,
+    "room_info": RoomInfo,
+}
+
+
+class Empty(msgspec.Struct):
+    """A request that carries nothing (e.g. ``cam.health.rpc.cluster``)."""
+
+
+# ---------------------------------------------------------------- records
+
+
+class Message(msgspec.Struct, kw_only=True):
+    """One stored room event; the payload of ``cam.room.<id>.ev`` and of history pages."""
+
+    room: int
+    seq: int
+    cid: str
+    sender: int
+    sender_name: str
+    kind: str  # "text" or "system"
+    body: str
+    ts: int  # milliseconds since the epoch, commit time
+
+
+class Reply(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Envelope of every bus reply: a result, or an error code with a message."""
+
+    ok: bool
+    result: Any = None
+    code: str | None = None
+    message: str | None = None

@@ -1,0 +1,1 @@
+"""Operator tooling: the local cluster runner, user administration, bus debugging."""

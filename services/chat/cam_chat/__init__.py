@@ -1,0 +1,1 @@
+"""Chat service: rooms, membership and messages, served over the bus."""

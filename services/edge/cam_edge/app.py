@@ -1,0 +1,196 @@
+"""The edge's ASGI application: REST (login, logout, cluster info), health, WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from camcore import PROTOCOL_VERSION, accounts, bus, db, errors, protocol, subjects, wire
+from camcore.config import Settings
+from camcore.errors import CamError
+
+from .connection import Connection
+from .context import Edge
+from .health import HealthProbe
+from .hub import Hub
+
+log = logging.getLogger(__name__)
+
+MAX_REST_BODY = 16 * 1024
+
+#: Error code -> HTTP status of REST answers.
+HTTP_STATUS = {
+    errors.BAD_REQUEST: 400,
+    errors.MALFORMED_FRAME: 400,
+    errors.UNAUTHENTICATED: 401,
+    errors.BAD_CREDENTIALS: 401,
+    errors.CONFLICT: 409,
+    errors.UNAVAILABLE: 503,
+    errors.INTERNAL: 500,
+}
+
+
+class Credentials(msgspec.Struct, forbid_unknown_fields=True):
+    username: str
+    password: str
+
+
+def error_response(code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}},
+                        status_code=HTTP_STATUS.get(code, 400))
+
+
+def origin_allowed(settings: Settings, origin: str | None, host: str | None) -> bool:
+    """Browsers always send Origin; allow same-origin and the configured allow-list."""
+    if origin is None:
+        return True  # not a browser: the session token is the credential
+    if "*" in settings.allowed_origins or origin in settings.allowed_origins:
+        return True
+    parts = urlsplit(origin)
+    return parts.scheme in ("http", "https") and bool(host) and parts.netloc == host
+
+
+def _is_https(request: Request) -> bool:
+    return request.url.scheme == "https"
+
+
+def create_app(settings: Settings) -> Starlette:
+    state: dict[str, Any] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        pool = await db.create_pool(settings.database_url, max_size=10)
+        nc = await bus.connect(settings.nats_urls, f"edge:{settings.node_name}")
+        edge = Edge(settings=settings, nc=nc, pool=pool, hub=Hub(nc))
+        state["edge"] = edge
+        state["health"] = HealthProbe(edge)
+        beat = asyncio.create_task(bus.heartbeat_loop(
+            nc, "edge", settings.node_name, settings.node_name, settings.heartbeat_interval,
+            lambda: {"connections": float(len(edge.connections)),
+                     "rooms": float(edge.hub.room_count)}))
+        log.info("edge %s ready", settings.node_name)
+        try:
+            yield
+        finally:
+            beat.cancel()
+            edge.draining = True
+            for conn in list(edge.connections):
+                conn.close(protocol.CLOSE_RECONNECT_ELSEWHERE, "node shutting down")
+            with contextlib.suppress(Exception):
+                await nc.drain()
+            await pool.close()
+
+    def edge() -> Edge:
+        return state["edge"]  # type: ignore[no-any-return]
+
+    async def health(request: Request) -> Response:
+        return await state["health"].endpoint(request)  # type: ignore[no-any-return]
+
+    async def read_json(request: Request, type_: type[Any]) -> Any:
+        body = await request.body()
+        if len(body) > MAX_REST_BODY:
+            raise CamError("request body too large", errors.BAD_REQUEST)
+        try:
+            return msgspec.json.decode(body, type=type_)
+        except msgspec.MsgspecError as exc:
+            raise CamError(f"invalid request body: {exc}", errors.BAD_REQUEST) from None
+
+    def request_token(request: Request) -> str | None:
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            return auth[7:].strip()
+        return request.cookies.get(protocol.SESSION_COOKIE)
+
+    async def login(request: Request) -> Response:
+        try:
+            creds = await read_json(request, Credentials)
+            user = await accounts.authenticate(edge().pool, creds.username, creds.password)
+            ttl = timedelta(hours=settings.session_ttl_hours)
+            token = await accounts.create_session(edge().pool, user.id, ttl)
+        except CamError as exc:
+            return error_response(exc.code, exc.message)
+        except (OSError, TimeoutError):
+            return error_response(errors.UNAVAILABLE, "database unavailable")
+        response = JSONResponse({"token": token, "user": user.public()})
+        response.set_cookie(protocol.SESSION_COOKIE, token, httponly=True, samesite="lax",
+                            secure=_is_https(request), max_age=int(ttl.total_seconds()),
+                            path="/")
+        return response
+
+    async def logout(request: Request) -> Response:
+        token = request_token(request)
+        if not token:
+            return error_response(errors.UNAUTHENTICATED, "no session")
+        try:
+            user = await accounts.resolve_session(edge().pool, token)
+            revoked = await accounts.revoke_session(edge().pool, token)
+        except (OSError, TimeoutError):
+            return error_response(errors.UNAVAILABLE, "database unavailable")
+        if user is not None and revoked:
+            # Close this session's live sockets on every node.
+            event = {"type": "session_revoked", "token_hash": accounts.token_hash_hex(token)}
+            with contextlib.suppress(Exception):
+                await edge().nc.publish(subjects.user_events(user.id), wire.encode(event))
+        response = JSONResponse({"revoked": revoked})
+        response.delete_cookie(protocol.SESSION_COOKIE, path="/")
+        return response
+
+    async def cluster_view(request: Request) -> Response:
+        try:
+            view = await bus.call(edge().nc, subjects.HEALTH_CLUSTER, wire.Empty(),
+                                  timeout=2)
+        except CamError as exc:
+            return error_response(exc.code, exc.message)
+        return JSONResponse(view)
+
+    async def me(request: Request) -> Response:
+        token = request_token(request)
+        user = await accounts.resolve_session(edge().pool, token) if token else None
+        if user is None:
+            return error_response(errors.UNAUTHENTICATED, "not logged in")
+        return JSONResponse({"user": user.public()})
+
+    async def cluster(request: Request) -> Response:
+        return JSONResponse({
+            "node": settings.node_name,
+            "hosts": [h.address for h in settings.cluster_hosts],
+            "description": settings.cluster_hosts_desc,
+            "server_url_domain": settings.server_url_domain,
+            "load_balancer": settings.lb_in_front,
+            "protocol": {"v": PROTOCOL_VERSION, "path": "/ws"},
+        })
+
+    async def websocket(ws: WebSocket) -> None:
+        if not origin_allowed(settings, ws.headers.get("origin"), ws.headers.get("host")):
+            log.info("refused WebSocket from origin %r", ws.headers.get("origin"))
+            await ws.close(code=protocol.CLOSE_POLICY)
+            return
+        if edge().draining:
+            await ws.close(code=protocol.CLOSE_RECONNECT_ELSEWHERE)
+            return
+        await ws.accept()
+        conn = Connection(ws, edge(), ws.cookies.get(protocol.SESSION_COOKIE))
+        await conn.run()
+
+    routes = [
+        Route("/CAMServer/healthCheck", health, methods=["GET", "HEAD"]),
+        Route("/api/login", login, methods=["POST"]),
+        Route("/api/logout", logout, methods=["POST"]),
+        Route("/api/me", me, methods=["GET"]),
+        Route("/api/cluster", cluster, methods=["GET"]),
+        Route("/api/cluster/view", cluster_view, methods=["GET"]),
+        WebSocketRoute("/ws", websocket),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

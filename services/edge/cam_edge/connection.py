@@ -1,0 +1,379 @@
+"""One client WebSocket: frame decoding, op dispatch, ordered delivery per room.
+
+Every frame the client receives goes through one bounded outgoing queue, so replies
+and events keep their order and a slow client cannot grow the edge's memory: when the
+queue is full the client is closed with CLOSE_RESUME and resumes from its last seq.
+
+Per room the connection keeps a cursor (the last seq delivered). A live event with
+the next seq is delivered at once; an older one is dropped (duplicate); a newer one
+means a gap, which is filled from the store before later events are delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from camcore import PROTOCOL_VERSION, accounts, errors, protocol, wire
+from camcore.accounts import User
+from camcore.errors import CamError, RequestError, Unavailable
+
+from .context import Edge
+from .hub import message_frame
+
+log = logging.getLogger(__name__)
+
+_message_list = msgspec.json.Decoder(list[wire.Message])
+
+
+class _Cursor:
+    __slots__ = ("last", "pending", "repairing")
+
+    def __init__(self, last: int) -> None:
+        self.last = last
+        self.pending: dict[int, str] = {}
+        self.repairing = False
+
+
+class Connection:
+    def __init__(self, ws: WebSocket, edge: Edge, session_token: str | None) -> None:
+        self.ws = ws
+        self.edge = edge
+        self.cookie_token = session_token
+        self.token: str | None = None
+        self.user: User | None = None
+        self.cursors: dict[int, _Cursor] = {}
+        self.out: asyncio.Queue[str | None] = asyncio.Queue(protocol.OUTGOING_QUEUE_FRAMES)
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._bad_frames = 0
+        self._ops: dict[str, Callable[[Any], Awaitable[Any]]] = {
+            "auth": self.op_auth,
+            "ping": self.op_ping,
+            "rooms": self.op_rooms,
+            "create_room": self.op_create_room,
+            "open_direct": self.op_open_direct,
+            "invite": self.op_invite,
+            "send": self.op_send,
+            "history": self.op_history,
+            "members": self.op_members,
+            "subscribe": self.op_subscribe,
+        }
+
+    # ------------------------------------------------------------ output
+
+    def push(self, frame: str) -> None:
+        if self.close_code is not None:
+            return
+        try:
+            self.out.put_nowait(frame)
+        except asyncio.QueueFull:
+            self.close(protocol.CLOSE_RESUME, "too slow: reconnect and resume")
+
+    def send_json(self, obj: Any) -> None:
+        self.push(wire.encode(obj).decode())
+
+    def close(self, code: int, reason: str) -> None:
+        """Close after what is already queued; the writer sends the close frame."""
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+            with contextlib.suppress(asyncio.QueueFull):
+                self.out.put_nowait(None)
+            if self.out.full():
+                # The queue is what is too slow; drop it and close now.
+                while not self.out.empty():
+                    self.out.get_nowait()
+                self.out.put_nowait(None)
+
+    async def writer(self) -> None:
+        try:
+            while True:
+                frame = await self.out.get()
+                if frame is None:
+                    break
+                await self.ws.send_text(frame)
+        except Exception as exc:  # noqa: BLE001 - the socket is gone; the reader notices
+            log.debug("writer stopped: %s", exc)
+            return
+        with contextlib.suppress(Exception):
+            await self.ws.close(self.close_code or protocol.CLOSE_NORMAL, self.close_reason)
+
+    # ------------------------------------------------------------ input
+
+    async def run(self) -> None:
+        writer = asyncio.create_task(self.writer())
+        auth_timer = asyncio.get_running_loop().call_later(
+            protocol.AUTH_TIMEOUT_SECONDS, self._auth_timeout
+        )
+        self.edge.connections.add(self)
+        self.send_json({"op": "hello", "v": PROTOCOL_VERSION, "node": self.edge.settings.node_name,
+                        "limits": {"max_frame_bytes": self.edge.settings.max_frame_bytes,
+                                   "max_message_chars": self.edge.settings.max_message_chars}})
+        try:
+            while self.close_code is None:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                text = message.get("text")
+                if text is None:
+                    self.close(protocol.CLOSE_UNSUPPORTED_DATA, "binary frames are not supported")
+                    break
+                await self._frame(text)
+                if self.user is not None:
+                    auth_timer.cancel()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            auth_timer.cancel()
+            self.edge.connections.discard(self)
+            self.close(self.close_code or protocol.CLOSE_NORMAL, self.close_reason)
+            for task in self._tasks:
+                task.cancel()
+            await self._release()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer, 5)
+
+    def _auth_timeout(self) -> None:
+        if self.user is None:
+            self.close(protocol.CLOSE_AUTH_TIMEOUT, "no auth frame in time")
+
+    async def _frame(self, text: str) -> None:
+        request_id: Any = None
+        try:
+            try:
+                raw = wire.decode(text)
+            except msgspec.DecodeError:
+                raise CamError("frame is not valid JSON", errors.MALFORMED_FRAME) from None
+            if not isinstance(raw, dict) or not isinstance(raw.get("op"), str):
+                raise CamError("frame must be a JSON object with a string 'op'",
+                               errors.MALFORMED_FRAME)
+            rid = raw.get("id")
+            request_id = rid if isinstance(rid, str | int) and not isinstance(rid, bool) else None
+            op = raw["op"]
+            frame_type = wire.CLIENT_FRAMES.get(op)
+            if frame_type is None:
+                raise CamError(f"unknown op {op[:40]!r}", errors.UNKNOWN_OP)
+            try:
+                frame = msgspec.convert(raw, frame_type)
+            except msgspec.ValidationError as exc:
+                raise RequestError(f"invalid {op} frame: {exc}") from None
+            if op != "auth" and op != "ping" and self.user is None:
+                raise CamError("authenticate first (op 'auth')", errors.UNAUTHENTICATED)
+            result = await self._ops[op](frame)
+            self.send_json({"op": "result", "id": request_id, "result": result})
+        except CamError as exc:
+            if exc.code in (errors.MALFORMED_FRAME, errors.UNKNOWN_OP, errors.BAD_REQUEST):
+                self._bad_frames += 1
+            self.send_json({"op": "error", "id": request_id, "code": exc.code,
+                            "message": exc.message})
+            if self._bad_frames >= protocol.BAD_FRAMES_BEFORE_CLOSE:
+                self.close(protocol.CLOSE_POLICY, "too many invalid frames")
+        except Exception:
+            log.exception("op failed")
+            self.send_json({"op": "error", "id": request_id, "code": errors.INTERNAL,
+                            "message": "internal error"})
+
+    # ------------------------------------------------------------ ops
+
+    @property
+    def uid(self) -> int:
+        assert self.user is not None
+        return self.user.id
+
+    async def op_ping(self, frame: wire.Ping) -> dict[str, Any]:
+        return {"pong": True}
+
+    async def op_auth(self, frame: wire.Auth) -> dict[str, Any]:
+        if frame.v != PROTOCOL_VERSION:
+            raise CamError(f"protocol version {frame.v} is not supported; this server speaks "
+                           f"{PROTOCOL_VERSION}", errors.UNSUPPORTED_VERSION)
+        if self.user is not None:
+            raise CamError("already authenticated", errors.ALREADY_AUTHENTICATED)
+        token = frame.token or self.cookie_token
+        if not token:
+            raise CamError("no session token (log in first)", errors.UNAUTHENTICATED)
+        try:
+            user = await accounts.resolve_session(self.edge.pool, token)
+        except (OSError, TimeoutError) as exc:
+            raise Unavailable("database unavailable") from exc
+        if user is None:
+            raise CamError("session is invalid, expired or revoked", errors.UNAUTHENTICATED)
+        self.user, self.token = user, token
+        await self.edge.hub.add_user(user.id, self)
+        listing = await self.edge.chat("list_rooms", wire.ListRooms(user_id=user.id))
+        rooms = listing["rooms"]
+        for room in rooms:
+            await self._track(room["id"], room["last_seq"], recheck=False)
+        await self._recheck(list(self.cursors))
+        return {"user": user.public(), "rooms": rooms, "node": self.edge.settings.node_name}
+
+    async def op_rooms(self, frame: wire.ListRoomsFrame) -> dict[str, Any]:
+        return await self.edge.chat("list_rooms", wire.ListRooms(user_id=self.uid))  # type: ignore[no-any-return]
+
+    async def op_create_room(self, frame: wire.CreateRoomFrame) -> dict[str, Any]:
+        room = await self.edge.chat(
+            "create_room", wire.CreateRoom(user_id=self.uid, name=frame.name, members=frame.members)
+        )
+        await self._track(room["id"], room["last_seq"])
+        return room  # type: ignore[no-any-return]
+
+    async def op_open_direct(self, frame: wire.OpenDirectFrame) -> dict[str, Any]:
+        room = await self.edge.chat("open_direct", wire.OpenDirect(user_id=self.uid, peer=frame.user))
+        if room["id"] not in self.cursors:
+            await self._track(room["id"], room["last_seq"])
+        return room  # type: ignore[no-any-return]
+
+    async def op_invite(self, frame: wire.InviteFrame) -> dict[str, Any]:
+        return await self.edge.chat(  # type: ignore[no-any-return]
+            "invite", wire.Invite(user_id=self.uid, room=frame.room, users=frame.users)
+        )
+
+    async def op_send(self, frame: wire.SendFrame) -> dict[str, Any]:
+        if len(frame.body) > self.edge.settings.max_message_chars:
+            raise CamError(
+                f"message is {len(frame.body)} characters; the limit is "
+                f"{self.edge.settings.max_message_chars}", errors.MESSAGE_TOO_LARGE)
+        return await self.edge.chat(  # type: ignore[no-any-return]
+            "send", wire.SendMessage(user_id=self.uid, room=frame.room, cid=frame.cid,
+                                     body=frame.body)
+        )
+
+    async def op_history(self, frame: wire.HistoryFrame) -> dict[str, Any]:
+        return await self.edge.chat(  # type: ignore[no-any-return]
+            "history", wire.History(user_id=self.uid, room=frame.room, before=frame.before,
+                                    after=frame.after, limit=frame.limit)
+        )
+
+    async def op_members(self, frame: wire.MembersFrame) -> dict[str, Any]:
+        return await self.edge.chat(  # type: ignore[no-any-return]
+            "members", wire.Members(user_id=self.uid, room=frame.room)
+        )
+
+    async def op_subscribe(self, frame: wire.SubscribeFrame) -> dict[str, Any]:
+        """(Re)subscribe to a room, optionally replaying what came after ``since``."""
+        room = await self.edge.chat("room_info", wire.RoomInfo(user_id=self.uid, room=frame.room))
+        last = room["last_seq"]
+        since = last if frame.since is None else min(frame.since, last)
+        resync = last - since > protocol.RESUME_MAX_MESSAGES
+        if resync:
+            since = last
+        cursor = self.cursors.get(frame.room)
+        if cursor is None:
+            await self._track(frame.room, since)
+        else:
+            cursor.last = since
+            cursor.pending = {s: f for s, f in cursor.pending.items() if s > since}
+            self._start_repair(frame.room, cursor)
+        return {"room": frame.room, "last_seq": last, "since": since, "resync": resync}
+
+    # ------------------------------------------------------------ delivery
+
+    async def _track(self, room: int, last: int, *, recheck: bool = True) -> None:
+        if room not in self.cursors:
+            self.cursors[room] = _Cursor(last)
+            await self.edge.hub.join_room(room, self)
+        if recheck:
+            await self._recheck([room])
+        else:
+            self._start_repair(room, self.cursors[room])
+
+    async def _recheck(self, rooms: list[int]) -> None:
+        """Catch up on what was stored between reading ``last_seq`` and subscribing."""
+        if not rooms:
+            return
+        await self.edge.nc.flush(timeout=5)
+        listing = await self.edge.chat("list_rooms", wire.ListRooms(user_id=self.uid))
+        for room in listing["rooms"]:
+            cursor = self.cursors.get(room["id"])
+            if cursor is not None and room["last_seq"] > cursor.last:
+                cursor.pending.setdefault(room["last_seq"], "")
+                self._start_repair(room["id"], cursor)
+
+    def offer(self, room: int, seq: int, frame: str) -> None:
+        cursor = self.cursors.get(room)
+        if cursor is None or seq <= cursor.last:
+            return
+        if seq == cursor.last + 1 and not cursor.repairing:
+            cursor.last = seq
+            self.push(frame)
+            if cursor.pending:
+                self._drain(cursor)
+            return
+        cursor.pending[seq] = frame
+        self._start_repair(room, cursor)
+
+    def _drain(self, cursor: _Cursor) -> None:
+        while (frame := cursor.pending.pop(cursor.last + 1, None)) is not None:
+            if frame:
+                self.push(frame)
+                cursor.last += 1
+            else:
+                # A placeholder: we know the seq exists but not its content.
+                cursor.pending[cursor.last + 1] = frame
+                break
+        for seq in [s for s in cursor.pending if s <= cursor.last]:
+            del cursor.pending[seq]
+
+    def _start_repair(self, room: int, cursor: _Cursor) -> None:
+        if cursor.repairing or not cursor.pending:
+            return
+        cursor.repairing = True
+        task = asyncio.create_task(self._repair(room, cursor))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _repair(self, room: int, cursor: _Cursor) -> None:
+        try:
+            while cursor.pending and self.close_code is None:
+                self._drain(cursor)
+                if not cursor.pending or min(cursor.pending) <= cursor.last:
+                    continue
+                page = await self.edge.chat(
+                    "history", wire.History(user_id=self.uid, room=room, after=cursor.last,
+                                            limit=protocol.REPAIR_PAGE))
+                messages = page["messages"]
+                if not messages:
+                    # The store has nothing newer: drop placeholders that cannot be filled.
+                    cursor.pending = {s: f for s, f in cursor.pending.items() if f}
+                    if cursor.pending:
+                        cursor.last = min(cursor.pending) - 1
+                    continue
+                for m in messages:
+                    if m["seq"] == cursor.last + 1:
+                        self.push(message_frame(wire.Message(**m)))
+                        cursor.last = m["seq"]
+                        cursor.pending.pop(m["seq"], None)
+        except CamError as exc:
+            # Retried on the next event for this room (or the client resumes).
+            log.warning("gap repair in room %s failed: %s", room, exc.message)
+        finally:
+            cursor.repairing = False
+
+    def on_user_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "room_added" and isinstance(event.get("room"), dict):
+            room = event["room"]
+            self.send_json({"op": "room_added", "room": room})
+            if room["id"] not in self.cursors:
+                task = asyncio.create_task(self._track(room["id"], room["last_seq"]))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        elif kind == "session_revoked" and event.get("token_hash") == self._token_hash():
+            self.close(protocol.CLOSE_AUTH_TIMEOUT, "session revoked")
+
+    def _token_hash(self) -> str | None:
+        return accounts.token_hash_hex(self.token) if self.token else None
+
+    async def _release(self) -> None:
+        if self.user is None:
+            return
+        for room in list(self.cursors):
+            await self.edge.hub.leave_room(room, self)
+        await self.edge.hub.remove_user(self.user.id, self)

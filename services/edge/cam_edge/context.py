@@ -1,0 +1,32 @@
+"""State one edge process owns for its lifetime (created by the app's lifespan)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import msgspec
+from nats.aio.client import Client as NATS
+
+from camcore import bus, subjects
+from camcore.config import Settings
+
+from .hub import Hub
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+
+@dataclass(eq=False)
+class Edge:
+    settings: Settings
+    nc: NATS
+    pool: asyncpg.Pool
+    hub: Hub
+    connections: set[Connection] = field(default_factory=set)
+    draining: bool = False
+
+    async def chat(self, op: str, request: msgspec.Struct, *, timeout: float = 5.0) -> Any:
+        """One chat command, served by whichever chat replica takes it."""
+        return await bus.call(self.nc, subjects.chat_rpc(op), request, timeout=timeout)

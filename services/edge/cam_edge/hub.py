@@ -1,0 +1,130 @@
+"""Interest-based bus subscriptions of one edge.
+
+The edge subscribes to a room's subject only while it holds a connection of a member
+of that room, and to a user's subject only while that user is connected here. Each
+bus message is decoded and re-encoded for clients once, then offered to every local
+connection that wants it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from camcore import subjects, wire
+
+log = logging.getLogger(__name__)
+
+_message_decoder = msgspec.json.Decoder(wire.Message)
+
+
+class Listener(Protocol):
+    def offer(self, room: int, seq: int, frame: str) -> None: ...
+
+    def on_user_event(self, event: dict[str, object]) -> None: ...
+
+
+def message_frame(msg: wire.Message) -> str:
+    """The client frame of a stored message (docs/protocol.md, ``message``)."""
+    return wire.encode(
+        {"op": "message", "room": msg.room, "seq": msg.seq, "cid": msg.cid,
+         "sender": msg.sender, "sender_name": msg.sender_name, "kind": msg.kind,
+         "body": msg.body, "ts": msg.ts}
+    ).decode()
+
+
+class _Interest:
+    """Local listeners of one subject, and the bus subscription that feeds them."""
+
+    __slots__ = ("listeners", "sub")
+
+    def __init__(self) -> None:
+        self.listeners: set[Listener] = set()
+        self.sub: Subscription | None = None
+
+
+class Hub:
+    def __init__(self, nc: NATS) -> None:
+        self._nc = nc
+        self._rooms: dict[int, _Interest] = {}
+        self._users: dict[int, _Interest] = {}
+        self._lock = asyncio.Lock()
+        self.delivered = 0
+
+    @property
+    def room_count(self) -> int:
+        return len(self._rooms)
+
+    def subscribed_rooms(self) -> set[int]:
+        return set(self._rooms)
+
+    async def _add(
+        self, table: dict[int, _Interest], key: int, listener: Listener, subject: str,
+        cb: Callable[[Msg], object],
+    ) -> None:
+        async with self._lock:
+            interest = table.get(key)
+            if interest is None:
+                interest = table[key] = _Interest()
+                interest.sub = await self._nc.subscribe(subject, cb=cb)  # type: ignore[arg-type]
+            interest.listeners.add(listener)
+
+    async def _remove(self, table: dict[int, _Interest], key: int, listener: Listener) -> None:
+        async with self._lock:
+            interest = table.get(key)
+            if interest is None:
+                return
+            interest.listeners.discard(listener)
+            if not interest.listeners:
+                del table[key]
+                if interest.sub is not None:
+                    try:
+                        await interest.sub.unsubscribe()
+                    except Exception as exc:  # noqa: BLE001 - a closed connection has no subs
+                        log.debug("unsubscribe failed: %s", exc)
+
+    async def join_room(self, room: int, listener: Listener) -> None:
+        await self._add(self._rooms, room, listener, subjects.room_events(room), self._on_room)
+
+    async def leave_room(self, room: int, listener: Listener) -> None:
+        await self._remove(self._rooms, room, listener)
+
+    async def add_user(self, user: int, listener: Listener) -> None:
+        await self._add(self._users, user, listener, subjects.user_events(user), self._on_user)
+
+    async def remove_user(self, user: int, listener: Listener) -> None:
+        await self._remove(self._users, user, listener)
+
+    async def _on_room(self, msg: Msg) -> None:
+        try:
+            event = _message_decoder.decode(msg.data)
+        except msgspec.MsgspecError:
+            log.warning("dropping undecodable event on %s", msg.subject)
+            return
+        interest = self._rooms.get(event.room)
+        if interest is None:
+            return
+        frame = message_frame(event)
+        for listener in list(interest.listeners):
+            listener.offer(event.room, event.seq, frame)
+        self.delivered += len(interest.listeners)
+
+    async def _on_user(self, msg: Msg) -> None:
+        try:
+            event = wire.decode(msg.data)
+            user = int(msg.subject.split(".")[2])
+        except (msgspec.MsgspecError, ValueError, IndexError):
+            log.warning("dropping undecodable event on %s", msg.subject)
+            return
+        interest = self._users.get(user)
+        if interest is None or not isinstance(event, dict):
+            return
+        for listener in list(interest.listeners):
+            listener.on_user_event(event)

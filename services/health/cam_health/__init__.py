@@ -1,0 +1,1 @@
+"""Health service: the cluster view (every node and replica, heartbeat age, load)."""

@@ -1,0 +1,86 @@
+"""Entry point of a health replica: ``cam-health --config boot.ini``.
+
+Each replica listens to every heartbeat (``cam.hb.>``) and answers
+``cam.health.rpc.cluster`` in the ``health`` queue group. Replicas do not need to
+agree: each builds the same view from the same heartbeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import msgspec
+from nats.aio.msg import Msg
+
+from camcore import bus, subjects, wire
+from camcore.config import Settings
+from camcore.runtime import service_main, wait_for_stop_signal
+
+log = logging.getLogger("cam_health")
+
+_hb_decoder = msgspec.json.Decoder(bus.Heartbeat)
+
+
+class ClusterView:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.seen: dict[tuple[str, str], tuple[float, bus.Heartbeat]] = {}
+
+    async def on_heartbeat(self, msg: Msg) -> None:
+        try:
+            hb = _hb_decoder.decode(msg.data)
+        except msgspec.MsgspecError:
+            return
+        self.seen[(hb.kind, hb.instance)] = (time.monotonic(), hb)
+
+    def snapshot(self) -> dict[str, Any]:
+        now = time.monotonic()
+        processes = []
+        for (kind, instance), (at, hb) in sorted(self.seen.items()):
+            age = now - at
+            if age > 10 * self.settings.node_timeout:
+                continue  # long gone; forget it
+            processes.append({
+                "kind": kind, "instance": instance, "node": hb.node, "pid": hb.pid,
+                "heartbeat_age": round(age, 3),
+                "alive": age <= self.settings.node_timeout,
+                "load": hb.load,
+            })
+        return {
+            "description": self.settings.cluster_hosts_desc,
+            "hosts": [h.address for h in self.settings.cluster_hosts],
+            "processes": processes,
+        }
+
+    async def on_request(self, msg: Msg) -> None:
+        await msg.respond(wire.encode(wire.Reply(ok=True, result=self.snapshot())))
+
+
+async def serve(settings: Settings) -> None:
+    nc = await bus.connect(settings.nats_urls, f"health:{settings.node_name}")
+    view = ClusterView(settings)
+    await nc.subscribe(subjects.HEARTBEAT_ALL, cb=view.on_heartbeat)
+    await nc.subscribe(subjects.HEALTH_CLUSTER, queue=subjects.HEALTH_QUEUE, cb=view.on_request)
+    instance = f"{settings.node_name}-{id(view):x}"
+    beat = asyncio.create_task(bus.heartbeat_loop(
+        nc, "health", instance, settings.node_name, settings.heartbeat_interval,
+        lambda: {"tracked": float(len(view.seen))}))
+    log.info("health service watching %s", subjects.HEARTBEAT_ALL)
+    try:
+        await wait_for_stop_signal()
+    finally:
+        beat.cancel()
+        with contextlib.suppress(Exception):
+            await nc.drain()
+
+
+def main() -> None:
+    service_main("cam-health", serve)
+
+
+if __name__ == "__main__":
+    main()
