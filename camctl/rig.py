@@ -59,6 +59,14 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return 0, b""
 
 
+def as_user(user: str | None) -> dict[str, object]:
+    """subprocess arguments that drop to ``user`` with its own group and no others."""
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
 class Proc:
     """One child process with its output in a log file."""
 
@@ -76,7 +84,7 @@ class Proc:
         try:
             self.popen = subprocess.Popen(
                 self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=self.env, user=self.user, cwd=self.cwd, start_new_session=True,
+                env=self.env, cwd=self.cwd, start_new_session=True, **as_user(self.user),
             )
         finally:
             log.close()
@@ -241,11 +249,13 @@ class Postgres:
         if self.user:
             _allow_traverse(self.datadir.parent)
             _allow_traverse(self.bin)
-        subprocess.run(
+        r = subprocess.run(
             [str(self.bin / "initdb"), "-D", str(self.datadir), "-U", "postgres",
              "--auth=trust", "-E", "UTF8", "--locale=C", "--no-instructions"],
-            check=True, capture_output=True, user=self.user,
+            capture_output=True, text=True, cwd="/", **as_user(self.user),
         )
+        if r.returncode != 0:
+            raise RigError(f"initdb failed: {r.stderr.strip()[-2000:]}")
 
     def start(self, timeout: float = 30.0) -> Postgres:
         self.init()
