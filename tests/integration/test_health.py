@@ -1,0 +1,73 @@
+"""GET /CAMServer/healthCheck: exactly {"status":200} while the node can serve."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from camcore import db
+from camctl import rig
+from tests.conftest import Cluster
+
+
+def health(cluster: Cluster, node: str) -> tuple[int, bytes]:
+    return rig.http_get(cluster.http(node) + "/CAMServer/healthCheck")
+
+
+def test_every_edge_answers_200_with_the_exact_body(two_nodes: Cluster):
+    for node in ("camserver1", "camserver2"):
+        status, body = health(two_nodes, node)
+        assert status == 200 and body == b'{"status":200}'
+
+
+def test_health_turns_non_200_when_the_bus_is_down_and_recovers(two_nodes: Cluster):
+    for proc in two_nodes.nats.procs:
+        proc.kill()
+    rig.wait_for(lambda: health(two_nodes, "camserver1")[0] == 503, 15, "503 on camserver1")
+    rig.wait_for(lambda: health(two_nodes, "camserver2")[0] == 503, 15, "503 on camserver2")
+    status, body = health(two_nodes, "camserver1")
+    assert b"bus" in body and body != b'{"status":200}'
+    for i in range(len(two_nodes.nats.procs)):
+        two_nodes.nats.restart(i)
+    # The edges reconnect by themselves; no restart.
+    for node in ("camserver1", "camserver2"):
+        rig.wait_for(lambda node=node: health(two_nodes, node) == (200, b'{"status":200}'), 20,
+                     f"{node} healthy again")
+
+
+async def test_health_turns_non_200_when_the_database_is_down(
+    tmp_path: Path, cluster_factory: Any
+):
+    pg = rig.Postgres(tmp_path / "own-pg").start()
+    try:
+        dsn = pg.create_database("cam")
+        await db.migrate(dsn)
+        cluster: Cluster = cluster_factory(1)
+        cluster.database = dsn
+        cluster.start_edge("camserver1")
+        cluster.wait_edges()
+        pg.stop("immediate")
+        rig.wait_for(lambda: health(cluster, "camserver1")[0] == 503, 15, "503 without database")
+        assert b"database" in health(cluster, "camserver1")[1]
+        pg.start()
+        rig.wait_for(lambda: health(cluster, "camserver1") == (200, b'{"status":200}'), 20,
+                     "healthy after the database returns")
+    finally:
+        pg.stop()
+
+
+def test_a_bad_config_value_stops_start_up_with_one_clear_line(tmp_path: Path):
+    ini = tmp_path / "boot.ini"
+    ini.write_text("cam.clusterHosts=camserver1;camserver2\n"
+                   "cam.videoDomains=camserver1=fifty\n", encoding="utf-8")
+    for module in ("cam_edge.main", "cam_chat.main", "cam_health.main"):
+        r = subprocess.run([sys.executable, "-m", module, "--config", str(ini)],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 2, module
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1, r.stderr
+        assert "cam.videoDomains" in lines[0] and "fifty" in lines[0] and "expected" in lines[0]
+    _ = uuid
