@@ -19,6 +19,9 @@ CLOSE_RECONNECT_ELSEWHERE: Final = 4002
 CLOSE_AUTH_TIMEOUT: Final = 4401
 """No successful ``auth`` frame within the time allowed."""
 
+CLOSE_SESSION_REVOKED: Final = 4403
+"""The session was revoked (logout elsewhere): log in again."""
+
 AUTH_TIMEOUT_SECONDS: Final = 15.0
 OUTGOING_QUEUE_FRAMES: Final = 2048
 BAD_FRAMES_BEFORE_CLOSE: Final = 20

@@ -15,6 +15,9 @@ PREFIX: Final = "cam"
 CHAT_QUEUE: Final = "chat"
 """Queue group shared by all chat replicas, so each request is served once."""
 
+PRESENCE_QUEUE: Final = "presence"
+"""Queue group shared by all presence replicas."""
+
 HEALTH_QUEUE: Final = "health"
 """Queue group shared by all health replicas."""
 
@@ -23,6 +26,12 @@ CHAT_RPC: Final = f"{PREFIX}.chat.rpc"
 
 CHAT_RPC_ALL: Final = f"{CHAT_RPC}.*"
 """Wildcard the chat service subscribes to, in queue group ``chat``."""
+
+PRESENCE_RPC: Final = f"{PREFIX}.presence.rpc"
+"""Prefix of presence request/reply subjects: ``cam.presence.rpc.<op>``."""
+
+PRESENCE_USER_ALL: Final = f"{PREFIX}.presence.user.*"
+"""Every user's presence changes (debugging only; edges subscribe per watched user)."""
 
 ROOM_EVENTS_ALL: Final = f"{PREFIX}.room.*.ev"
 """Every room's sequenced events (debugging only; edges subscribe per room)."""
@@ -53,6 +62,26 @@ def chat_rpc(op: str) -> str:
 def room_events(room_id: int) -> str:
     """``cam.room.<id>.ev``: sequenced events of one room, published after commit."""
     return f"{PREFIX}.room.{int(room_id)}.ev"
+
+
+def room_all(room_id: int) -> str:
+    """``cam.room.<id>.*``: what an edge with a local member of the room subscribes to."""
+    return f"{PREFIX}.room.{int(room_id)}.*"
+
+
+def room_typing(room_id: int) -> str:
+    """``cam.room.<id>.typing``: ephemeral typing indicators (best-effort, not stored)."""
+    return f"{PREFIX}.room.{int(room_id)}.typing"
+
+
+def presence_rpc(op: str) -> str:
+    """``cam.presence.rpc.<op>``: a presence command, served by one presence replica."""
+    return f"{PRESENCE_RPC}.{_token(op)}"
+
+
+def presence_user(user_id: int) -> str:
+    """``cam.presence.user.<id>``: a user's shown status changed (published once)."""
+    return f"{PREFIX}.presence.user.{int(user_id)}"
 
 
 def user_events(user_id: int) -> str:

@@ -7,7 +7,7 @@ which validates types and limits.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
@@ -88,6 +88,31 @@ class SubscribeFrame(Frame, tag="subscribe"):
     since: Seq | None = None
 
 
+Status = Literal["online", "away", "busy", "invisible"]
+UserIds = Annotated[list[Annotated[int, msgspec.Meta(ge=1)]], msgspec.Meta(max_length=5000)]
+
+
+class SetStatusFrame(Frame, tag="set_status"):
+    status: Status
+
+
+class WatchFrame(Frame, tag="watch"):
+    users: UserIds
+
+
+class UnwatchFrame(Frame, tag="unwatch"):
+    users: UserIds
+
+
+class DirectoryFrame(Frame, tag="directory"):
+    after: int = 0
+    limit: PageLimit = 100
+
+
+class TypingFrame(Frame, tag="typing"):
+    room: RoomId
+
+
 CLIENT_FRAMES: Final[dict[str, type[Frame]]] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]
     for cls in (
@@ -101,6 +126,11 @@ CLIENT_FRAMES: Final[dict[str, type[Frame]]] = {
         HistoryFrame,
         MembersFrame,
         SubscribeFrame,
+        SetStatusFrame,
+        WatchFrame,
+        UnwatchFrame,
+        DirectoryFrame,
+        TypingFrame,
     )
 }
 
@@ -168,6 +198,73 @@ CHAT_OPS: Final[dict[str, type[ChatRequest]]] = {
 
 class Empty(msgspec.Struct):
     """A request that carries nothing (e.g. ``cam.health.rpc.cluster``)."""
+
+
+# ---------------------------------------------------------------- edge -> presence (bus)
+
+
+class SessionRef(msgspec.Struct, array_like=True):
+    """A live session: its random 62-bit id and its user."""
+
+    session: int
+    user: int
+
+
+class NodeRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Base of the requests an edge makes about its own sessions."""
+
+    node: str
+    boot_id: str
+
+
+class PresenceUpdate(NodeRequest):
+    """Sessions added and removed since the last update; ``count`` and ``digest`` are
+    the edge's whole session set afterwards, so the service can detect drift."""
+
+    added: list[SessionRef] = []
+    removed: list[int] = []
+    count: int
+    digest: int
+
+
+class PresenceBeat(NodeRequest):
+    count: int
+    digest: int
+
+
+class PresenceSync(NodeRequest):
+    """Every session the edge really holds; replaces what the store has for the node."""
+
+    sessions: list[SessionRef]
+
+
+class NodeDown(NodeRequest):
+    pass
+
+
+class SetStatus(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    user_id: int
+    status: Status
+
+
+class PresenceQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    users: UserIds
+
+
+class PresenceState(msgspec.Struct, kw_only=True):
+    """Payload of ``cam.presence.user.<id>``: the status others see, and its version."""
+
+    user: int
+    status: str  # online, away, busy or offline
+    version: int
+
+
+DIGEST_MOD: Final = 2**62
+
+
+def session_digest(session_ids: Any) -> int:
+    """Order-free fingerprint of a session set (both sides compute the same)."""
+    return sum(session_ids) % DIGEST_MOD
 
 
 # ---------------------------------------------------------------- records

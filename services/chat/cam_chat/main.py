@@ -21,7 +21,7 @@ log = logging.getLogger("cam_chat")
 async def serve(settings: Settings) -> None:
     if not settings.database_url:
         raise Unavailable("cam.databaseUrl is not set; the chat service needs the database")
-    instance = f"{settings.node_name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    instance = f"{settings.node_name[:40]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     pool = await db.create_pool(settings.database_url, max_size=20)
     nc = await bus.connect(settings.nats_urls, f"chat:{instance}")
     service = ChatService(pool, nc, max_message_chars=settings.max_message_chars)

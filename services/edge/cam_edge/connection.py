@@ -270,6 +270,8 @@ class Connection:
         else:
             cursor.last = since
             cursor.pending = {s: f for s, f in cursor.pending.items() if s > since}
+            if last > since:
+                cursor.pending.setdefault(last, "")  # known to exist: fetch up to it
             self._start_repair(frame.room, cursor)
         return {"room": frame.room, "last_seq": last, "since": since, "resync": resync}
 
@@ -366,7 +368,7 @@ class Connection:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
         elif kind == "session_revoked" and event.get("token_hash") == self._token_hash():
-            self.close(protocol.CLOSE_AUTH_TIMEOUT, "session revoked")
+            self.close(protocol.CLOSE_SESSION_REVOKED, "session revoked")
 
     def _token_hash(self) -> str | None:
         return accounts.token_hash_hex(self.token) if self.token else None
