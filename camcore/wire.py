@@ -217,7 +217,7 @@ class NodeRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     boot_id: str
 
 
-class PresenceUpdate(NodeRequest):
+class PresenceUpdate(NodeRequest, kw_only=True):
     """Sessions added and removed since the last update; ``count`` and ``digest`` are
     the edge's whole session set afterwards, so the service can detect drift."""
 
