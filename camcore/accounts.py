@@ -94,6 +94,15 @@ async def list_users(pool: asyncpg.Pool) -> list[User]:
     return [_user(r) for r in rows]
 
 
+async def directory(pool: asyncpg.Pool, *, after: int = 0, limit: int = 100) -> list[User]:
+    """Users in id order, after the given id (keyset paging)."""
+    rows = await pool.fetch(
+        "SELECT id, username, display_name, is_admin FROM users WHERE id > $1 ORDER BY id LIMIT $2",
+        after, limit,
+    )
+    return [_user(r) for r in rows]
+
+
 async def authenticate(pool: asyncpg.Pool, username: str, password: str) -> User:
     """The user whose password this is; BAD_CREDENTIALS otherwise (same for unknown users)."""
     row = await pool.fetchrow(

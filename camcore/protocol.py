@@ -28,5 +28,6 @@ BAD_FRAMES_BEFORE_CLOSE: Final = 20
 RESUME_MAX_MESSAGES: Final = 1000
 """A resume missing more than this many messages is told to page through history."""
 REPAIR_PAGE: Final = 200
+MAX_WATCHED_USERS: Final = 5000
 
 SESSION_COOKIE: Final = "cam_session"

@@ -95,6 +95,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         for i in range(args.chat):
             env = {**base_env, "CAM_NODE_NAME": names[i % len(names)]}
             procs.append(rig.service("chat", f"chat{i + 1}", env, logdir).start())
+        for i in range(args.presence):
+            env = {**base_env, "CAM_NODE_NAME": names[i % len(names)]}
+            procs.append(rig.service("presence", f"presence{i + 1}", env, logdir).start())
         procs.append(rig.service("health", "health1", {**base_env, "CAM_NODE_NAME": names[0]},
                                  logdir).start())
         for i, (name, port) in enumerate(zip(names, ports, strict=True)):
@@ -250,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="start a whole cluster on this machine (Ctrl-C stops it)")
     up.add_argument("--nodes", type=int, default=2, help="number of edges (default 2)")
     up.add_argument("--chat", type=int, default=2, help="number of chat replicas (default 2)")
+    up.add_argument("--presence", type=int, default=2,
+                    help="number of presence replicas (default 2)")
     up.add_argument("--nats", type=int, default=2, help="number of NATS servers (default 2)")
     up.add_argument("--base-port", type=int, default=8080, help="port of camserver1 (default 8080)")
     up.add_argument("--pg-port", type=int, default=0, help="embedded PostgreSQL port (default: free)")

@@ -311,6 +311,7 @@ SERVICE_MODULES = {
     "edge": "cam_edge.main",
     "chat": "cam_chat.main",
     "health": "cam_health.main",
+    "presence": "cam_presence.main",
 }
 
 

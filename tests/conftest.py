@@ -68,6 +68,11 @@ class Cluster:
         self.procs[name] = proc.start()
         return proc
 
+    def start_presence(self, name: str = "presence1") -> rig.Proc:
+        proc = rig.service("presence", name, self.env(CAM_NODE_NAME=name), self.workdir)
+        self.procs[name] = proc.start()
+        return proc
+
     def start_health(self, name: str = "health1") -> rig.Proc:
         proc = rig.service("health", name, self.env(CAM_NODE_NAME=name), self.workdir)
         self.procs[name] = proc.start()
@@ -122,6 +127,7 @@ def two_nodes(cluster_factory: Any) -> Cluster:
     """Two edges (camserver1 on NATS server 1, camserver2 on server 2), one chat replica."""
     c: Cluster = cluster_factory(2)
     c.start_chat("chat1")
+    c.start_presence("presence1")
     c.start_edge("camserver1", nats=0)
     c.start_edge("camserver2", nats=1)
     c.wait_edges()

@@ -25,6 +25,7 @@ from .connection import Connection
 from .context import Edge
 from .health import HealthProbe
 from .hub import Hub
+from .presence import PresenceAgent, PresenceWatch
 
 log = logging.getLogger(__name__)
 
@@ -72,22 +73,40 @@ def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         pool = await db.create_pool(settings.database_url, max_size=10)
-        nc = await bus.connect(settings.nats_urls, f"edge:{settings.node_name}")
-        edge = Edge(settings=settings, nc=nc, pool=pool, hub=Hub(nc))
+
+        async def on_reconnect() -> None:
+            # Anything may have happened while we were away: re-register and re-read.
+            if "edge" in state:
+                state["edge"].presence.request_sync()
+                with contextlib.suppress(CamError):
+                    await state["edge"].watch.refresh()
+
+        nc = await bus.connect(settings.nats_urls, f"edge:{settings.node_name}",
+                               reconnected_cb=on_reconnect)
+        edge = Edge(settings=settings, nc=nc, pool=pool, hub=Hub(nc),
+                    presence=PresenceAgent(nc, settings.node_name, settings.heartbeat_interval),
+                    watch=PresenceWatch(nc, settings.node_timeout))
         state["edge"] = edge
         state["health"] = HealthProbe(edge)
-        beat = asyncio.create_task(bus.heartbeat_loop(
-            nc, "edge", settings.node_name, settings.node_name, settings.heartbeat_interval,
-            lambda: {"connections": float(len(edge.connections)),
-                     "rooms": float(edge.hub.room_count)}))
+        tasks = [
+            asyncio.create_task(bus.heartbeat_loop(
+                nc, "edge", settings.node_name, settings.node_name, settings.heartbeat_interval,
+                lambda: {"connections": float(len(edge.connections)),
+                         "rooms": float(edge.hub.room_count),
+                         "watched": float(edge.watch.watched_count)})),
+            asyncio.create_task(edge.presence.run()),
+            asyncio.create_task(edge.watch.run()),
+        ]
         log.info("edge %s ready", settings.node_name)
         try:
             yield
         finally:
-            beat.cancel()
             edge.draining = True
             for conn in list(edge.connections):
                 conn.close(protocol.CLOSE_RECONNECT_ELSEWHERE, "node shutting down")
+            await edge.presence.shutdown()
+            for task in tasks:
+                task.cancel()
             with contextlib.suppress(Exception):
                 await nc.drain()
             await pool.close()

@@ -20,16 +20,17 @@ from typing import Any
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from camcore import PROTOCOL_VERSION, accounts, errors, protocol, wire
+from camcore import PROTOCOL_VERSION, accounts, bus, errors, protocol, subjects, wire
 from camcore.accounts import User
 from camcore.errors import CamError, RequestError, Unavailable
 
 from .context import Edge
 from .hub import message_frame
+from .presence import new_session_id
 
 log = logging.getLogger(__name__)
 
-_message_list = msgspec.json.Decoder(list[wire.Message])
+NOT_A_MEMBER = "not a member of this room (or no such room)"
 
 
 class _Cursor:
@@ -49,6 +50,8 @@ class Connection:
         self.token: str | None = None
         self.user: User | None = None
         self.cursors: dict[int, _Cursor] = {}
+        self.session_id = new_session_id()
+        self.watching: set[int] = set()
         self.out: asyncio.Queue[str | None] = asyncio.Queue(protocol.OUTGOING_QUEUE_FRAMES)
         self.close_code: int | None = None
         self.close_reason = ""
@@ -65,6 +68,11 @@ class Connection:
             "history": self.op_history,
             "members": self.op_members,
             "subscribe": self.op_subscribe,
+            "set_status": self.op_set_status,
+            "watch": self.op_watch,
+            "unwatch": self.op_unwatch,
+            "directory": self.op_directory,
+            "typing": self.op_typing,
         }
 
     # ------------------------------------------------------------ output
@@ -206,6 +214,7 @@ class Connection:
         if user is None:
             raise CamError("session is invalid, expired or revoked", errors.UNAUTHENTICATED)
         self.user, self.token = user, token
+        self.edge.presence.add(self.session_id, user.id)
         await self.edge.hub.add_user(user.id, self)
         listing = await self.edge.chat("list_rooms", wire.ListRooms(user_id=user.id))
         rooms = listing["rooms"]
@@ -274,6 +283,45 @@ class Connection:
                 cursor.pending.setdefault(last, "")  # known to exist: fetch up to it
             self._start_repair(frame.room, cursor)
         return {"room": frame.room, "last_seq": last, "since": since, "resync": resync}
+
+    async def op_set_status(self, frame: wire.SetStatusFrame) -> dict[str, Any]:
+        return await bus.call(  # type: ignore[no-any-return]
+            self.edge.nc, subjects.presence_rpc("set_status"),
+            wire.SetStatus(user_id=self.uid, status=frame.status))
+
+    async def op_watch(self, frame: wire.WatchFrame) -> dict[str, Any]:
+        users = list(dict.fromkeys(frame.users))
+        if len(self.watching | set(users)) > protocol.MAX_WATCHED_USERS:
+            raise RequestError(f"at most {protocol.MAX_WATCHED_USERS} users can be watched")
+        self.watching.update(users)
+        states = await self.edge.watch.watch(self, users)
+        return {"presence": [{"user": u, "status": states.get(u, "offline")} for u in users]}
+
+    async def op_unwatch(self, frame: wire.UnwatchFrame) -> dict[str, Any]:
+        users = [u for u in frame.users if u in self.watching]
+        self.watching.difference_update(users)
+        await self.edge.watch.unwatch(self, users)
+        return {"unwatched": users}
+
+    async def op_directory(self, frame: wire.DirectoryFrame) -> dict[str, Any]:
+        users = await accounts.directory(self.edge.pool, after=frame.after, limit=frame.limit + 1)
+        page = users[: frame.limit]
+        return {"users": [u.public() for u in page], "has_more": len(users) > frame.limit}
+
+    async def op_typing(self, frame: wire.TypingFrame) -> dict[str, Any]:
+        if frame.room not in self.cursors:
+            raise CamError(NOT_A_MEMBER, errors.NOT_A_MEMBER)
+        event = {"room": frame.room, "user": self.uid,
+                 "user_name": self.user.display_name if self.user else ""}
+        await self.edge.nc.publish(subjects.room_typing(frame.room), wire.encode(event))
+        return {"room": frame.room}
+
+    def on_presence(self, user: int, status: str) -> None:
+        self.send_json({"op": "presence", "user": user, "status": status})
+
+    def on_typing(self, room: int, user: int, frame: str) -> None:
+        if user != self.uid:
+            self.push(frame)
 
     # ------------------------------------------------------------ delivery
 
@@ -376,6 +424,9 @@ class Connection:
     async def _release(self) -> None:
         if self.user is None:
             return
+        self.edge.presence.remove(self.session_id)
+        if self.watching:
+            await self.edge.watch.unwatch(self, list(self.watching))
         for room in list(self.cursors):
             await self.edge.hub.leave_room(room, self)
         await self.edge.hub.remove_user(self.user.id, self)

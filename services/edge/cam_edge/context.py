@@ -13,6 +13,7 @@ from camcore import bus, subjects
 from camcore.config import Settings
 
 from .hub import Hub
+from .presence import PresenceAgent, PresenceWatch
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -24,6 +25,8 @@ class Edge:
     nc: NATS
     pool: asyncpg.Pool
     hub: Hub
+    presence: PresenceAgent
+    watch: PresenceWatch
     connections: set[Connection] = field(default_factory=set)
     draining: bool = False
 

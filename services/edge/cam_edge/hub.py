@@ -28,6 +28,8 @@ _message_decoder = msgspec.json.Decoder(wire.Message)
 class Listener(Protocol):
     def offer(self, room: int, seq: int, frame: str) -> None: ...
 
+    def on_typing(self, room: int, user: int, frame: str) -> None: ...
+
     def on_user_event(self, event: dict[str, object]) -> None: ...
 
 
@@ -91,7 +93,7 @@ class Hub:
                         log.debug("unsubscribe failed: %s", exc)
 
     async def join_room(self, room: int, listener: Listener) -> None:
-        await self._add(self._rooms, room, listener, subjects.room_events(room), self._on_room)
+        await self._add(self._rooms, room, listener, subjects.room_all(room), self._on_room)
 
     async def leave_room(self, room: int, listener: Listener) -> None:
         await self._remove(self._rooms, room, listener)
@@ -103,6 +105,9 @@ class Hub:
         await self._remove(self._users, user, listener)
 
     async def _on_room(self, msg: Msg) -> None:
+        if msg.subject.endswith(".typing"):
+            self._on_typing(msg)
+            return
         try:
             event = _message_decoder.decode(msg.data)
         except msgspec.MsgspecError:
@@ -115,6 +120,20 @@ class Hub:
         for listener in list(interest.listeners):
             listener.offer(event.room, event.seq, frame)
         self.delivered += len(interest.listeners)
+
+    def _on_typing(self, msg: Msg) -> None:
+        try:
+            event = wire.decode(msg.data)
+            room, user = int(event["room"]), int(event["user"])
+        except (msgspec.MsgspecError, ValueError, KeyError, TypeError):
+            return
+        interest = self._rooms.get(room)
+        if interest is None:
+            return
+        frame = wire.encode({"op": "typing", "room": room, "user": user,
+                             "user_name": str(event.get("user_name", ""))}).decode()
+        for listener in list(interest.listeners):
+            listener.on_typing(room, user, frame)
 
     async def _on_user(self, msg: Msg) -> None:
         try:

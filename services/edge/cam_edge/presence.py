@@ -1,0 +1,250 @@
+"""The edge's side of presence: registering local sessions, and watching users.
+
+``PresenceAgent`` tells the presence service which sessions this node holds. One task
+sends, in order, either a batch of changes, a heartbeat, or (when the service says
+its view differs, or after any failure) the full list of live sessions. Each request
+carries the count and digest of the edge's whole set, so any drift is detected at the
+next heartbeat and repaired by a full sync. A node that stops heartbeating is swept by
+the presence service; when it comes back, its first heartbeat is answered with "sync"
+and it re-registers the sessions it really still holds.
+
+``PresenceWatch`` keeps, for the users watched by local clients, one bus subscription
+each and the latest (status, version); versions make late or repeated events harmless,
+and a periodic query repairs anything the bus lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import uuid
+from typing import Any, Protocol
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from camcore import bus, subjects, wire
+from camcore.errors import CamError
+
+log = logging.getLogger(__name__)
+
+_state_decoder = msgspec.json.Decoder(wire.PresenceState)
+_MAX_BATCH = 2000
+
+
+def new_session_id() -> int:
+    return secrets.randbelow(wire.DIGEST_MOD - 1) + 1
+
+
+class PresenceAgent:
+    def __init__(self, nc: NATS, node: str, interval: float) -> None:
+        self.nc = nc
+        self.node = node
+        self.boot_id = uuid.uuid4().hex
+        self.interval = interval
+        self.sessions: dict[int, int] = {}
+        self._digest = 0
+        self._added: dict[int, int] = {}
+        self._removed: set[int] = set()
+        self._needs_sync = True
+        self._wake = asyncio.Event()
+        self._stopped = False
+
+    def add(self, session: int, user: int) -> None:
+        self.sessions[session] = user
+        self._digest = (self._digest + session) % wire.DIGEST_MOD
+        self._added[session] = user
+        self._wake.set()
+
+    def remove(self, session: int) -> None:
+        if self.sessions.pop(session, None) is None:
+            return
+        self._digest = (self._digest - session) % wire.DIGEST_MOD
+        if self._added.pop(session, None) is None:
+            self._removed.add(session)
+        self._wake.set()
+
+    def request_sync(self) -> None:
+        self._needs_sync = True
+        self._wake.set()
+
+    async def _call(self, op: str, request: msgspec.Struct) -> dict[str, Any]:
+        return await bus.call(self.nc, subjects.presence_rpc(op), request,  # type: ignore[no-any-return]
+                              timeout=5)
+
+    async def _step(self) -> None:
+        ident = {"node": self.node, "boot_id": self.boot_id}
+        if self._needs_sync:
+            self._added.clear()
+            self._removed.clear()
+            self._needs_sync = False
+            sessions = [wire.SessionRef(s, u) for s, u in self.sessions.items()]
+            try:
+                await self._call("sync", wire.PresenceSync(**ident, sessions=sessions))
+            except BaseException:
+                self._needs_sync = True
+                raise
+            return
+        if self._added or self._removed:
+            added = [wire.SessionRef(s, u) for s, u in list(self._added.items())[:_MAX_BATCH]]
+            removed = list(self._removed)[:_MAX_BATCH]
+            for ref in added:
+                del self._added[ref.session]
+            self._removed.difference_update(removed)
+            partial = bool(self._added or self._removed)
+            count, digest = len(self.sessions), self._digest
+            if partial:
+                # Later changes are still queued: the whole-set check would not match yet.
+                count, digest = -1, -1
+            try:
+                reply = await self._call("update", wire.PresenceUpdate(
+                    **ident, added=added, removed=removed, count=count, digest=digest))
+            except BaseException:
+                self._needs_sync = True  # was it applied? a full sync settles it
+                raise
+            if reply.get("sync") and not partial:
+                self._needs_sync = True
+            return
+        reply = await self._call("beat", wire.PresenceBeat(
+            **ident, count=len(self.sessions), digest=self._digest))
+        if reply.get("sync"):
+            log.info("presence service asks for a full sync")
+            self._needs_sync = True
+
+    async def run(self) -> None:
+        while not self._stopped:
+            if not (self._needs_sync or self._added or self._removed):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()
+            if self._stopped:
+                break
+            try:
+                await self._step()
+            except CamError as exc:
+                log.debug("presence: %s", exc.message)
+                await asyncio.sleep(min(self.interval, 0.5))
+            except Exception:
+                log.exception("presence agent step failed")
+                await asyncio.sleep(self.interval)
+            if self._needs_sync or self._added or self._removed:
+                # Let a burst of changes gather into one batch.
+                await asyncio.sleep(0.005)
+
+    async def shutdown(self) -> None:
+        """Deregister every session of this node at once (graceful stop)."""
+        self._stopped = True
+        self._wake.set()
+        try:
+            await self._call("node_down", wire.NodeDown(node=self.node, boot_id=self.boot_id))
+        except CamError as exc:
+            log.warning("could not deregister sessions: %s", exc.message)
+
+
+class Watcher(Protocol):
+    def on_presence(self, user: int, status: str) -> None: ...
+
+
+class _Watched:
+    __slots__ = ("pending", "status", "sub", "version", "watchers")
+
+    def __init__(self) -> None:
+        self.watchers: set[Watcher] = set()
+        self.pending = 0  # watch calls in progress (keeps the entry alive)
+        self.sub: Subscription | None = None
+        self.status = "offline"
+        self.version = -1
+
+
+class PresenceWatch:
+    def __init__(self, nc: NATS, refresh_interval: float) -> None:
+        self.nc = nc
+        self.refresh_interval = refresh_interval
+        self._users: dict[int, _Watched] = {}
+        self._lock = asyncio.Lock()
+
+    def _apply(self, user: int, status: str, version: int) -> None:
+        watched = self._users.get(user)
+        if watched is None or version <= watched.version:
+            return
+        changed = status != watched.status
+        watched.status, watched.version = status, version
+        if changed:
+            for w in list(watched.watchers):
+                w.on_presence(user, status)
+
+    async def _on_event(self, msg: Msg) -> None:
+        try:
+            state = _state_decoder.decode(msg.data)
+        except msgspec.MsgspecError:
+            return
+        self._apply(state.user, state.status, state.version)
+
+    async def _query(self, users: list[int]) -> None:
+        for i in range(0, len(users), 5000):
+            result = await bus.call(self.nc, subjects.presence_rpc("query"),
+                                    wire.PresenceQuery(users=users[i:i + 5000]), timeout=5)
+            for item in result["presence"]:
+                self._apply(item["user"], item["status"], item["version"])
+
+    async def watch(self, watcher: Watcher, users: list[int]) -> dict[int, str]:
+        """Subscribe, read a snapshot, then add the watcher.
+
+        Events newer than the snapshot win by version. The watcher joins (and the
+        answer is read from the cache) in one step with no await in between, so it
+        gets each state once: in the answer or as a later event, never both.
+        """
+        fresh: list[int] = []
+        async with self._lock:
+            for user in users:
+                if user not in self._users:
+                    watched = self._users[user] = _Watched()
+                    watched.sub = await self.nc.subscribe(subjects.presence_user(user),
+                                                          cb=self._on_event)
+                    fresh.append(user)
+                self._users[user].pending += 1
+        try:
+            if fresh:
+                await self.nc.flush(timeout=5)
+                await self._query(fresh)
+        finally:
+            for user in users:
+                self._users[user].pending -= 1
+        for user in users:
+            self._users[user].watchers.add(watcher)
+        return {u: self._users[u].status for u in users}
+
+    async def unwatch(self, watcher: Watcher, users: list[int]) -> None:
+        async with self._lock:
+            for user in users:
+                watched = self._users.get(user)
+                if watched is None:
+                    continue
+                watched.watchers.discard(watcher)
+                if not watched.watchers and not watched.pending:
+                    del self._users[user]
+                    if watched.sub is not None:
+                        with contextlib.suppress(Exception):
+                            await watched.sub.unsubscribe()
+
+    @property
+    def watched_count(self) -> int:
+        return len(self._users)
+
+    async def refresh(self) -> None:
+        users = list(self._users)
+        if users:
+            await self._query(users)
+
+    async def run(self) -> None:
+        """Anti-entropy: re-read every watched user's status now and then."""
+        while True:
+            await asyncio.sleep(self.refresh_interval)
+            try:
+                await self.refresh()
+            except CamError as exc:
+                log.debug("presence refresh failed: %s", exc.message)

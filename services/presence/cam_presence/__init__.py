@@ -1,0 +1,1 @@
+"""Presence service: live sessions per node, user statuses, node liveness."""
