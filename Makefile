@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: up test unit lint venv clean
+.PHONY: up test unit lint venv clean bench bench-presence
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +30,10 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
+
+# Benchmarks are not tests: each runs our cluster and a baseline in the same run and
+# writes bench/results/<name>.json and .md.
+bench-presence: $(STAMP)
+	$(PY) -m bench.presence $(ARGS)
+
+bench: bench-presence
