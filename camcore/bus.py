@@ -9,7 +9,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import asyncpg
 import msgspec
 import nats
 from nats.aio.client import Client as NATS
@@ -17,6 +16,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from . import errors, subjects
+from .db import UNAVAILABLE_ERRORS
 from .errors import CamError, Unavailable
 from .wire import Reply, encode
 
@@ -136,8 +136,7 @@ class RpcServer:
             reply = Reply(ok=True, result=await self._handlers[op](request))
         except CamError as exc:
             reply = Reply(ok=False, code=exc.code, message=exc.message)
-        except (OSError, asyncpg.PostgresConnectionStatusError, asyncpg.InterfaceError,
-                asyncpg.CannotConnectNowError, TimeoutError) as exc:
+        except UNAVAILABLE_ERRORS as exc:
             log.warning("%s: database unavailable: %s", op, exc)
             reply = Reply(ok=False, code=errors.UNAVAILABLE, message="database unavailable")
         except Exception:

@@ -9,6 +9,15 @@ import asyncpg
 
 log = logging.getLogger(__name__)
 
+#: Errors that mean "the database cannot be reached right now" (not "the request is bad").
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.InterfaceError,
+)
+
 # Any fixed number works; it only has to be the same for every process.
 _MIGRATION_LOCK = 0x63616D00
 

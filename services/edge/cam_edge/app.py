@@ -140,7 +140,7 @@ def create_app(settings: Settings) -> Starlette:
             token = await accounts.create_session(edge().pool, user.id, ttl)
         except CamError as exc:
             return error_response(exc.code, exc.message)
-        except (OSError, TimeoutError):
+        except db.UNAVAILABLE_ERRORS:
             return error_response(errors.UNAVAILABLE, "database unavailable")
         response = JSONResponse({"token": token, "user": user.public()})
         response.set_cookie(protocol.SESSION_COOKIE, token, httponly=True, samesite="lax",
@@ -155,7 +155,7 @@ def create_app(settings: Settings) -> Starlette:
         try:
             user = await accounts.resolve_session(edge().pool, token)
             revoked = await accounts.revoke_session(edge().pool, token)
-        except (OSError, TimeoutError):
+        except db.UNAVAILABLE_ERRORS:
             return error_response(errors.UNAVAILABLE, "database unavailable")
         if user is not None and revoked:
             # Close this session's live sockets on every node.

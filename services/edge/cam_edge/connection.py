@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from camcore import PROTOCOL_VERSION, accounts, bus, errors, protocol, subjects, wire
+from camcore import PROTOCOL_VERSION, accounts, bus, db, errors, protocol, subjects, wire
 from camcore.accounts import User
 from camcore.errors import CamError, RequestError, Unavailable
 
@@ -209,7 +209,7 @@ class Connection:
             raise CamError("no session token (log in first)", errors.UNAUTHENTICATED)
         try:
             user = await accounts.resolve_session(self.edge.pool, token)
-        except (OSError, TimeoutError) as exc:
+        except db.UNAVAILABLE_ERRORS as exc:
             raise Unavailable("database unavailable") from exc
         if user is None:
             raise CamError("session is invalid, expired or revoked", errors.UNAUTHENTICATED)
