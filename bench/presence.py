@@ -53,14 +53,16 @@ async def nats_floor(urls: list[str], rate: float, count: int) -> list[float]:
 
 
 class Run:
-    def __init__(self, cluster: BenchCluster, users: list[tuple[int, str]], rate: float,
-                 seconds: float) -> None:
+    def __init__(
+        self, cluster: BenchCluster, users: list[tuple[int, str]], rate: float, seconds: float
+    ) -> None:
         self.cluster = cluster
         self.users = users
         self.rate = rate
         self.seconds = seconds
-        self.node_of = {uid: ("camserver1" if i % 2 == 0 else "camserver2")
-                        for i, (uid, _) in enumerate(users)}
+        self.node_of = {
+            uid: ("camserver1" if i % 2 == 0 else "camserver2") for i, (uid, _) in enumerate(users)
+        }
         self.token = dict(users)
         self.clients: dict[int, Client | None] = {}
         self.chosen: dict[int, str] = {uid: "online" for uid, _ in users}
@@ -74,8 +76,7 @@ class Run:
 
         async def one(uid: int) -> None:
             async with sem:
-                self.clients[uid] = await Client.connect(self.cluster.ws(self.node_of[uid]),
-                                                         self.token[uid])
+                self.clients[uid] = await Client.connect(self.cluster.ws(self.node_of[uid]), self.token[uid])
 
         await asyncio.gather(*(one(uid) for uid, _ in self.users))
 
@@ -100,8 +101,7 @@ class Run:
             self.expect[uid] = (shown(self.chosen[uid]), time.perf_counter())
             if shown(self.chosen[uid]) == "offline":
                 del self.expect[uid]  # invisible: no transition to see
-            self.clients[uid] = await Client.connect(self.cluster.ws(self.node_of[uid]),
-                                                     self.token[uid])
+            self.clients[uid] = await Client.connect(self.cluster.ws(self.node_of[uid]), self.token[uid])
         elif roll < 0.5:
             self.clients[uid] = None
             if now_shown != "offline":
@@ -138,8 +138,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         t = time.perf_counter()
         await run.connect_all()
         connect_rate = len(users) / (time.perf_counter() - t)
-        watchers = [await Client.connect(cluster.ws(node), token)
-                    for node, (_, token) in zip(["camserver1", "camserver2"], watch_users, strict=True)]
+        watchers = [
+            await Client.connect(cluster.ws(node), token)
+            for node, (_, token) in zip(["camserver1", "camserver2"], watch_users, strict=True)
+        ]
         for w in watchers:
             await w.request("watch", users=[uid for uid, _ in users], timeout=60)
         readers = [asyncio.create_task(run.read(i, w)) for i, w in enumerate(watchers)]
@@ -149,9 +151,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         missing = len(run.expect)
 
         # Cleanup after kill -9 of camserver1: the watcher on camserver2 sees them offline.
-        node1_online = {uid for uid, c in run.clients.items()
-                        if c is not None and run.node_of[uid] == "camserver1"
-                        and shown(run.chosen[uid]) != "offline"}
+        node1_online = {
+            uid
+            for uid, c in run.clients.items()
+            if c is not None and run.node_of[uid] == "camserver1" and shown(run.chosen[uid]) != "offline"
+        }
         for r in readers:
             r.cancel()
         seen: dict[int, float] = {}
@@ -178,32 +182,45 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     result = {
         "machine": machine(),
         "params": {"users": args.users, "rate_ops_per_s": args.rate, "seconds": args.seconds},
-        "propagation": {"count": len(lat), "missing": missing, "ops": run.ops,
-                        "p50_ms": percentile(lat, 50) * 1000, "p99_ms": percentile(lat, 99) * 1000,
-                        "max_ms": max(lat) * 1000 if lat else None},
-        "nats_floor": {"count": len(floor), "p50_ms": percentile(floor, 50) * 1000,
-                       "p99_ms": percentile(floor, 99) * 1000},
-        "cleanup": {"sessions": len(node1_online), "configured_bound_s": node_timeout,
-                    "all_offline_s": max(seen.values()) if seen else None,
-                    "p50_s": percentile(list(seen.values()), 50)},
+        "propagation": {
+            "count": len(lat),
+            "missing": missing,
+            "ops": run.ops,
+            "p50_ms": percentile(lat, 50) * 1000,
+            "p99_ms": percentile(lat, 99) * 1000,
+            "max_ms": max(lat) * 1000 if lat else None,
+        },
+        "nats_floor": {
+            "count": len(floor),
+            "p50_ms": percentile(floor, 50) * 1000,
+            "p99_ms": percentile(floor, 99) * 1000,
+        },
+        "cleanup": {
+            "sessions": len(node1_online),
+            "configured_bound_s": node_timeout,
+            "all_offline_s": max(seen.values()) if seen else None,
+            "p50_s": percentile(list(seen.values()), 50),
+        },
         "connect_rate_per_s": connect_rate,
     }
     p = result["propagation"]
     f = result["nats_floor"]
     c = result["cleanup"]
-    result["ratios"] = {"p50_vs_nats_floor": p["p50_ms"] / f["p50_ms"],
-                        "p99_vs_nats_floor": p["p99_ms"] / f["p99_ms"]}
+    result["ratios"] = {
+        "p50_vs_nats_floor": p["p50_ms"] / f["p50_ms"],
+        "p99_vs_nats_floor": p["p99_ms"] / f["p99_ms"],
+    }
     md = f"""# Presence benchmark
 
-Machine: {result['machine']}
+Machine: {result["machine"]}
 Command: `python -m bench.presence --users {args.users} --rate {args.rate} --seconds {args.seconds}`
 
 | measure | ours | raw NATS floor | ratio | target |
 |---|---|---|---|---|
-| propagation p50 (ms) | {p['p50_ms']:.1f} | {f['p50_ms']:.2f} | {result['ratios']['p50_vs_nats_floor']:.1f} | |
-| propagation p99 (ms) | {p['p99_ms']:.1f} | {f['p99_ms']:.2f} | {result['ratios']['p99_vs_nats_floor']:.1f} | < 1000 ms |
-| transitions observed / missing | {p['count']} / {p['missing']} | | | 0 missing |
-| cleanup after kill -9, all {c['sessions']} sessions offline (s) | {c['all_offline_s']:.2f} | | | <= {node_timeout} s + sweep |
+| propagation p50 (ms) | {p["p50_ms"]:.1f} | {f["p50_ms"]:.2f} | {result["ratios"]["p50_vs_nats_floor"]:.1f} | |
+| propagation p99 (ms) | {p["p99_ms"]:.1f} | {f["p99_ms"]:.2f} | {result["ratios"]["p99_vs_nats_floor"]:.1f} | < 1000 ms |
+| transitions observed / missing | {p["count"]} / {p["missing"]} | | | 0 missing |
+| cleanup after kill -9, all {c["sessions"]} sessions offline (s) | {c["all_offline_s"]:.2f} | | | <= {node_timeout} s + sweep |
 | connect rate (sessions/s, with auth) | {connect_rate:.0f} | | | |
 """
     write_report("presence", result, md)

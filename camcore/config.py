@@ -554,6 +554,33 @@ KEYS: Final[tuple[ConfigKey, ...]] = (
         format=repr,
     ),
     ConfigKey(
+        ini="cam.repairInterval",
+        env="CAM_REPAIR_INTERVAL",
+        field="repair_interval",
+        default="2.0",
+        description="Seconds between an edge's checks that it delivered every stored message.",
+        parse=_float_range(0.1, 60.0),
+        format=repr,
+    ),
+    ConfigKey(
+        ini="cam.outgoingQueueFrames",
+        env="CAM_OUTGOING_QUEUE_FRAMES",
+        field="outgoing_queue_frames",
+        default="2048",
+        description="Frames queued for one client before it is closed as too slow (4001).",
+        parse=_int_range(16, 1_000_000),
+        format=str,
+    ),
+    ConfigKey(
+        ini="cam.drainSeconds",
+        env="CAM_DRAIN_SECONDS",
+        field="drain_seconds",
+        default="2.0",
+        description="On SIGTERM, seconds the health check answers 503 before clients are closed.",
+        parse=_float_range(0.0, 300.0),
+        format=repr,
+    ),
+    ConfigKey(
         ini="cam.trustedProxies",
         env="CAM_TRUSTED_PROXIES",
         field="trusted_proxies",
@@ -591,6 +618,9 @@ class Settings:
     session_ttl_hours: int
     heartbeat_interval: float
     node_timeout: float
+    repair_interval: float
+    outgoing_queue_frames: int
+    drain_seconds: float
     trusted_proxies: tuple[str, ...]
     unknown_keys: tuple[str, ...]
     source: str

@@ -23,11 +23,14 @@ CLOSE_SESSION_REVOKED: Final = 4403
 """The session was revoked (logout elsewhere): log in again."""
 
 AUTH_TIMEOUT_SECONDS: Final = 15.0
-OUTGOING_QUEUE_FRAMES: Final = 2048
+SLOW_CLOSE_GRACE: Final = 3.0
+"""Seconds a client closed as too slow has to take its close frame before we cut it off."""
 BAD_FRAMES_BEFORE_CLOSE: Final = 20
 RESUME_MAX_MESSAGES: Final = 1000
 """A resume missing more than this many messages is told to page through history."""
 REPAIR_PAGE: Final = 200
 MAX_WATCHED_USERS: Final = 5000
+TYPING_MIN_INTERVAL: Final = 1.0
+"""Seconds between two typing events of one connection in one room."""
 
 SESSION_COOKIE: Final = "cam_session"

@@ -42,6 +42,8 @@ class Frame(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field=
 class Auth(Frame, tag="auth"):
     token: str | None = None
     v: int = 1
+    #: room id (as a string: JSON keys) -> last seq the client has; see docs/protocol.md.
+    resume: Annotated[dict[str, Seq], msgspec.Meta(max_length=10_000)] | None = None
 
 
 class Ping(Frame, tag="ping"):
@@ -183,6 +185,12 @@ class RoomInfo(ChatRequest):
     room: RoomId
 
 
+class RoomHeads(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """An edge asking the last seq of the rooms it delivers (no user data returned)."""
+
+    rooms: Annotated[list[int], msgspec.Meta(max_length=100_000)]
+
+
 #: Chat op name (the last subject token) -> request struct.
 CHAT_OPS: Final[dict[str, type[ChatRequest]]] = {
     "create_room": CreateRoom,
@@ -193,6 +201,7 @@ CHAT_OPS: Final[dict[str, type[ChatRequest]]] = {
     "history": History,
     "members": Members,
     "room_info": RoomInfo,
+    "room_heads": RoomHeads,
 }
 
 

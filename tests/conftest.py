@@ -59,6 +59,8 @@ class Cluster:
             "CAM_SERVER_DATE_PATH": str(self.workdir / "data"),
             "CAM_HEARTBEAT_INTERVAL": HEARTBEAT,
             "CAM_NODE_TIMEOUT": "2",
+            "CAM_DRAIN_SECONDS": "0.3",
+            "CAM_REPAIR_INTERVAL": "0.5",
             "CAM_LOG_LEVEL": "INFO",
             **extra,
         }

@@ -168,7 +168,7 @@ async def test_graceful_shutdown_deregisters_at_once(two_nodes: Cluster, make_us
     alice = await connect(two_nodes, "camserver1", alice_u)
     await watch(bob, alice.user["id"])
     await status_of(bob, alice.user["id"], "online")
-    two_nodes.procs["camserver1"].stop()
+    await asyncio.to_thread(two_nodes.procs["camserver1"].stop)
     # Well inside the node timeout: deregistration did not wait for the sweeper.
     await status_of(bob, alice.user["id"], "offline", timeout=NODE_TIMEOUT * 0.9)
     await bob.close()
@@ -279,6 +279,8 @@ async def test_killing_one_of_two_presence_replicas_mid_churn_converges(
     await assert_converges(churn, watchers, ids)
     await churn.close()
     await assert_converges(churn, watchers, ids)
+    for w in watchers:
+        await w.close()
 
 
 async def test_presence_restart_and_nats_server_restart_mid_churn_converge(
@@ -288,7 +290,7 @@ async def test_presence_restart_and_nats_server_restart_mid_churn_converge(
     churn, watchers, ids = await churn_setup(cluster, make_user)
     task = asyncio.create_task(churn.run(6.0))
     await asyncio.sleep(1.0)
-    cluster.procs["presence1"].stop()
+    await asyncio.to_thread(cluster.procs["presence1"].stop)
     await asyncio.sleep(0.5)
     cluster.start_presence("presence1")
     await asyncio.sleep(1.0)
@@ -297,4 +299,6 @@ async def test_presence_restart_and_nats_server_restart_mid_churn_converge(
     await assert_converges(churn, watchers, ids)
     await churn.close()
     await assert_converges(churn, watchers, ids)
+    for w in watchers:
+        await w.close()
     _ = rig

@@ -63,6 +63,7 @@ class ChatService:
             "history": (wire.History, self.history),
             "members": (wire.Members, self.members),
             "room_info": (wire.RoomInfo, self.room_info),
+            "room_heads": (wire.RoomHeads, self.room_heads),
         }
 
     # ------------------------------------------------------------ helpers
@@ -210,6 +211,12 @@ class ChatService:
         if row is None:
             raise CamError(NOT_A_MEMBER, errors.NOT_A_MEMBER)
         return _room(row)
+
+    async def room_heads(self, req: wire.RoomHeads) -> dict[str, Any]:
+        rows = await self.pool.fetch(
+            "SELECT id, last_seq FROM rooms WHERE id = ANY($1::bigint[])", req.rooms
+        )
+        return {"heads": [[r["id"], r["last_seq"]] for r in rows]}
 
     async def send(self, req: wire.SendMessage) -> dict[str, Any]:
         if len(req.body) > self.max_message_chars:

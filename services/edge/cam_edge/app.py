@@ -96,6 +96,7 @@ def create_app(settings: Settings) -> Starlette:
                          "watched": float(edge.watch.watched_count)})),
             asyncio.create_task(edge.presence.run()),
             asyncio.create_task(edge.watch.run()),
+            asyncio.create_task(repair_loop(edge)),
         ]
         log.info("edge %s ready", settings.node_name)
         try:
@@ -212,4 +213,27 @@ def create_app(settings: Settings) -> Starlette:
         Route("/api/cluster/view", cluster_view, methods=["GET"]),
         WebSocketRoute("/ws", websocket),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.cam = state
+    return app
+
+
+async def repair_loop(edge: Edge) -> None:
+    """Compare what each room delivered with the store's head, and fetch any tail.
+
+    A message whose bus event was lost (a chat replica killed between commit and
+    publish, a NATS server dying) is caught by the next message of the room; this
+    catches it when no next message comes, within cam.repairInterval.
+    """
+    while True:
+        await asyncio.sleep(edge.settings.repair_interval)
+        rooms = sorted(edge.hub.subscribed_rooms())
+        for i in range(0, len(rooms), 5000):
+            try:
+                heads = await edge.chat("room_heads", wire.RoomHeads(rooms=rooms[i:i + 5000]))
+            except CamError as exc:
+                log.debug("repair check skipped: %s", exc.message)
+                break
+            for room, head in heads["heads"]:
+                for listener in edge.hub.room_listeners(room):
+                    listener.behind(room, head)

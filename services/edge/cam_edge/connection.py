@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -52,7 +53,9 @@ class Connection:
         self.cursors: dict[int, _Cursor] = {}
         self.session_id = new_session_id()
         self.watching: set[int] = set()
-        self.out: asyncio.Queue[str | None] = asyncio.Queue(protocol.OUTGOING_QUEUE_FRAMES)
+        self._typing_sent: dict[int, float] = {}
+        self.out: asyncio.Queue[str | None] = asyncio.Queue(edge.settings.outgoing_queue_frames)
+        self._writer: asyncio.Task[None] | None = None
         self.close_code: int | None = None
         self.close_reason = ""
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -99,6 +102,13 @@ class Connection:
                 while not self.out.empty():
                     self.out.get_nowait()
                 self.out.put_nowait(None)
+            if code == protocol.CLOSE_RESUME:
+                # A client that does not read at all would block the close frame too.
+                asyncio.get_running_loop().call_later(protocol.SLOW_CLOSE_GRACE, self._abort)
+
+    def _abort(self) -> None:
+        if self._writer is not None and not self._writer.done():
+            self._writer.cancel()
 
     async def writer(self) -> None:
         try:
@@ -116,7 +126,7 @@ class Connection:
     # ------------------------------------------------------------ input
 
     async def run(self) -> None:
-        writer = asyncio.create_task(self.writer())
+        writer = self._writer = asyncio.create_task(self.writer())
         auth_timer = asyncio.get_running_loop().call_later(
             protocol.AUTH_TIMEOUT_SECONDS, self._auth_timeout
         )
@@ -124,6 +134,23 @@ class Connection:
         self.send_json({"op": "hello", "v": PROTOCOL_VERSION, "node": self.edge.settings.node_name,
                         "limits": {"max_frame_bytes": self.edge.settings.max_frame_bytes,
                                    "max_message_chars": self.edge.settings.max_message_chars}})
+        reader = asyncio.create_task(self._read(auth_timer))
+        try:
+            # Whichever ends first ends the connection: the client leaving, or our side
+            # closing it (the writer then sent the close frame, or was cut off).
+            await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            auth_timer.cancel()
+            reader.cancel()
+            self.edge.connections.discard(self)
+            self.close(self.close_code or protocol.CLOSE_NORMAL, self.close_reason)
+            for task in self._tasks:
+                task.cancel()
+            await self._release()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(writer, protocol.SLOW_CLOSE_GRACE + 1)
+
+    async def _read(self, auth_timer: asyncio.TimerHandle) -> None:
         try:
             while self.close_code is None:
                 message = await self.ws.receive()
@@ -138,15 +165,6 @@ class Connection:
                     auth_timer.cancel()
         except WebSocketDisconnect:
             pass
-        finally:
-            auth_timer.cancel()
-            self.edge.connections.discard(self)
-            self.close(self.close_code or protocol.CLOSE_NORMAL, self.close_reason)
-            for task in self._tasks:
-                task.cancel()
-            await self._release()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer, 5)
 
     def _auth_timeout(self) -> None:
         if self.user is None:
@@ -183,6 +201,10 @@ class Connection:
                             "message": exc.message})
             if self._bad_frames >= protocol.BAD_FRAMES_BEFORE_CLOSE:
                 self.close(protocol.CLOSE_POLICY, "too many invalid frames")
+        except db.UNAVAILABLE_ERRORS as exc:
+            log.warning("database unavailable: %s", exc)
+            self.send_json({"op": "error", "id": request_id, "code": errors.UNAVAILABLE,
+                            "message": "database unavailable; retry later"})
         except Exception:
             log.exception("op failed")
             self.send_json({"op": "error", "id": request_id, "code": errors.INTERNAL,
@@ -218,10 +240,18 @@ class Connection:
         await self.edge.hub.add_user(user.id, self)
         listing = await self.edge.chat("list_rooms", wire.ListRooms(user_id=user.id))
         rooms = listing["rooms"]
+        resume = frame.resume or {}
+        resync = []
         for room in rooms:
-            await self._track(room["id"], room["last_seq"], recheck=False)
+            head = room["last_seq"]
+            since = min(resume.get(str(room["id"]), head), head)
+            if head - since > protocol.RESUME_MAX_MESSAGES:
+                resync.append(room["id"])
+                since = head
+            await self._track(room["id"], since, recheck=False)
         await self._recheck(list(self.cursors))
-        return {"user": user.public(), "rooms": rooms, "node": self.edge.settings.node_name}
+        return {"user": user.public(), "rooms": rooms, "node": self.edge.settings.node_name,
+                "resync": resync}
 
     async def op_rooms(self, frame: wire.ListRoomsFrame) -> dict[str, Any]:
         return await self.edge.chat("list_rooms", wire.ListRooms(user_id=self.uid))  # type: ignore[no-any-return]
@@ -293,8 +323,8 @@ class Connection:
         users = list(dict.fromkeys(frame.users))
         if len(self.watching | set(users)) > protocol.MAX_WATCHED_USERS:
             raise RequestError(f"at most {protocol.MAX_WATCHED_USERS} users can be watched")
-        self.watching.update(users)
         states = await self.edge.watch.watch(self, users)
+        self.watching.update(users)
         return {"presence": [{"user": u, "status": states.get(u, "offline")} for u in users]}
 
     async def op_unwatch(self, frame: wire.UnwatchFrame) -> dict[str, Any]:
@@ -311,9 +341,13 @@ class Connection:
     async def op_typing(self, frame: wire.TypingFrame) -> dict[str, Any]:
         if frame.room not in self.cursors:
             raise CamError(NOT_A_MEMBER, errors.NOT_A_MEMBER)
-        event = {"room": frame.room, "user": self.uid,
-                 "user_name": self.user.display_name if self.user else ""}
-        await self.edge.nc.publish(subjects.room_typing(frame.room), wire.encode(event))
+        now = time.monotonic()
+        if now - self._typing_sent.get(frame.room, -1e9) >= protocol.TYPING_MIN_INTERVAL:
+            # More often than this adds nothing a person can see: drop it quietly.
+            self._typing_sent[frame.room] = now
+            event = {"room": frame.room, "user": self.uid,
+                     "user_name": self.user.username if self.user else ""}
+            await self.edge.nc.publish(subjects.room_typing(frame.room), wire.encode(event))
         return {"room": frame.room}
 
     def on_presence(self, user: int, status: str) -> None:
@@ -358,6 +392,13 @@ class Connection:
             return
         cursor.pending[seq] = frame
         self._start_repair(room, cursor)
+
+    def behind(self, room: int, head: int) -> None:
+        """The store has ``head`` for this room: fetch whatever has not been delivered."""
+        cursor = self.cursors.get(room)
+        if cursor is not None and head > cursor.last and head not in cursor.pending:
+            cursor.pending[head] = ""
+            self._start_repair(room, cursor)
 
     def _drain(self, cursor: _Cursor) -> None:
         while (frame := cursor.pending.pop(cursor.last + 1, None)) is not None:

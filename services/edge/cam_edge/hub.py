@@ -28,6 +28,8 @@ _message_decoder = msgspec.json.Decoder(wire.Message)
 class Listener(Protocol):
     def offer(self, room: int, seq: int, frame: str) -> None: ...
 
+    def behind(self, room: int, head: int) -> None: ...
+
     def on_typing(self, room: int, user: int, frame: str) -> None: ...
 
     def on_user_event(self, event: dict[str, object]) -> None: ...
@@ -66,6 +68,10 @@ class Hub:
 
     def subscribed_rooms(self) -> set[int]:
         return set(self._rooms)
+
+    def room_listeners(self, room: int) -> list[Listener]:
+        interest = self._rooms.get(room)
+        return list(interest.listeners) if interest else []
 
     async def _add(
         self, table: dict[int, _Interest], key: int, listener: Listener, subject: str,

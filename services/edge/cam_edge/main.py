@@ -1,14 +1,65 @@
-"""Entry point of an edge: ``cam-edge --config boot.ini`` (uvicorn on cam.httpPort)."""
+"""Entry point of an edge: ``cam-edge --config boot.ini`` (uvicorn on cam.httpPort).
+
+On SIGTERM the edge drains: its health check turns 503 at once (so a load balancer
+takes it out), after cam.drainSeconds it closes every client with 4002 ("reconnect
+elsewhere") once their queued frames are sent, deregisters its sessions, and exits.
+A second signal exits at once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from types import FrameType
+from typing import Any
 
 import uvicorn
 
+from camcore import protocol
+from camcore.config import Settings
 from camcore.runtime import load_or_exit, setup_logging
 
 from .app import create_app
+
+log = logging.getLogger("cam_edge")
+
+_CLIENT_CLOSE_WAIT = 5.0
+
+
+class EdgeServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, settings: Settings, state: dict[str, Any]) -> None:
+        super().__init__(config)
+        self.settings = settings
+        self.state = state
+        self._drain: asyncio.Task[None] | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        edge = self.state.get("edge")
+        if self._drain is not None or edge is None or sig not in (signal.SIGTERM, signal.SIGINT):
+            super().handle_exit(sig, frame)
+            self.force_exit = self.force_exit or self._drain is not None
+            return
+        loop = asyncio.get_event_loop()
+        self._drain = loop.create_task(self.drain())
+
+    async def drain(self) -> None:
+        edge = self.state["edge"]
+        edge.draining = True
+        log.info("draining: health check is 503; closing clients in %.1fs",
+                 self.settings.drain_seconds)
+        await asyncio.sleep(self.settings.drain_seconds)
+        for conn in list(edge.connections):
+            conn.close(protocol.CLOSE_RECONNECT_ELSEWHERE, "node shutting down: reconnect elsewhere")
+        deadline = time.monotonic() + _CLIENT_CLOSE_WAIT
+        while edge.connections and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        with contextlib.suppress(Exception):
+            await edge.presence.shutdown()
+        self.should_exit = True
 
 
 def main() -> None:
@@ -18,9 +69,10 @@ def main() -> None:
     setup_logging("cam-edge")
     settings = load_or_exit(args.config)
     if not settings.database_url:
-        raise SystemExit("config error: cam.databaseUrl='' : expected a postgres:// URL")
-    uvicorn.run(
-        create_app(settings),
+        raise SystemExit("config error: cam.databaseUrl='': expected a postgres:// URL")
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.http_host,
         port=settings.http_port,
         ws="websockets",
@@ -31,8 +83,9 @@ def main() -> None:
         server_header=False,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=5,
     )
+    EdgeServer(config, settings, app.state.cam).run()
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ class PresenceAgent:
         self._needs_sync = True
         self._wake = asyncio.Event()
         self._stopped = False
+        self._loop_task: asyncio.Task[None] | None = None
 
     def add(self, session: int, user: int) -> None:
         self.sessions[session] = user
@@ -116,6 +117,7 @@ class PresenceAgent:
             self._needs_sync = True
 
     async def run(self) -> None:
+        self._loop_task = asyncio.current_task()
         while not self._stopped:
             if not (self._needs_sync or self._added or self._removed):
                 with contextlib.suppress(TimeoutError):
@@ -137,8 +139,14 @@ class PresenceAgent:
 
     async def shutdown(self) -> None:
         """Deregister every session of this node at once (graceful stop)."""
+        if self._stopped:
+            return
         self._stopped = True
         self._wake.set()
+        if self._loop_task is not None:
+            # Let a request in flight finish, so nothing re-registers after node_down.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._loop_task), 6)
         try:
             await self._call("node_down", wire.NodeDown(node=self.node, boot_id=self.boot_id))
         except CamError as exc:
@@ -198,23 +206,25 @@ class PresenceWatch:
         answer is read from the cache) in one step with no await in between, so it
         gets each state once: in the answer or as a later event, never both.
         """
-        fresh: list[int] = []
         async with self._lock:
             for user in users:
                 if user not in self._users:
                     watched = self._users[user] = _Watched()
                     watched.sub = await self.nc.subscribe(subjects.presence_user(user),
                                                           cb=self._on_event)
-                    fresh.append(user)
                 self._users[user].pending += 1
         try:
-            if fresh:
+            unknown = [u for u in users if self._users[u].version < 0]
+            if unknown:
                 await self.nc.flush(timeout=5)
-                await self._query(fresh)
-        finally:
+                await self._query(unknown)
+        except BaseException:
             for user in users:
                 self._users[user].pending -= 1
+            await self.unwatch(watcher, users)  # drops subscriptions nobody needs
+            raise
         for user in users:
+            self._users[user].pending -= 1
             self._users[user].watchers.add(watcher)
         return {u: self._users[u].status for u in users}
 
@@ -225,7 +235,7 @@ class PresenceWatch:
                 if watched is None:
                     continue
                 watched.watchers.discard(watcher)
-                if not watched.watchers and not watched.pending:
+                if not watched.watchers and watched.pending <= 0:
                     del self._users[user]
                     if watched.sub is not None:
                         with contextlib.suppress(Exception):
