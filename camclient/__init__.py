@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from .client import Client, ClientError, login
+from .session import Session
 
-__all__ = ["Client", "ClientError", "login"]
+__all__ = ["Client", "ClientError", "Session", "login"]

@@ -52,10 +52,13 @@ class Client:
     sequence number delivered, which is what a resume needs.
     """
 
-    def __init__(self, ws: ClientConnection) -> None:
+    def __init__(self, ws: ClientConnection, *,
+                 events: asyncio.Queue[dict[str, Any]] | None = None,
+                 last_seq: dict[int, int] | None = None) -> None:
         self.ws = ws
-        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.last_seq: dict[int, int] = {}
+        self.events: asyncio.Queue[dict[str, Any]] = events if events is not None else asyncio.Queue()
+        self.last_seq: dict[int, int] = last_seq if last_seq is not None else {}
+        self.resync: list[int] = []
         self.hello: dict[str, Any] = {}
         self.user: dict[str, Any] = {}
         self.rooms: list[dict[str, Any]] = []
@@ -65,28 +68,40 @@ class Client:
         self.close_code: int | None = None
 
     @classmethod
-    async def open(cls, url: str, *, origin: str | None = None,
-                   max_size: int = 2**24) -> Client:
+    async def open(cls, url: str, *, origin: str | None = None, max_size: int = 2**24,
+                   events: asyncio.Queue[dict[str, Any]] | None = None,
+                   last_seq: dict[int, int] | None = None, open_timeout: float = 10) -> Client:
         """Connect without authenticating (``hello`` is read)."""
         headers = {"Origin": origin} if origin else None
-        ws = await connect(url, additional_headers=headers, max_size=max_size, open_timeout=10)
-        self = cls(ws)
+        ws = await connect(url, additional_headers=headers, max_size=max_size,
+                           open_timeout=open_timeout)
+        self = cls(ws, events=events, last_seq=last_seq)
         self.hello = json.loads(await asyncio.wait_for(ws.recv(), 10))
         self._reader = asyncio.create_task(self._read())
         return self
 
     @classmethod
-    async def connect(cls, url: str, token: str, **kwargs: Any) -> Client:
-        """Connect and authenticate with a session token."""
+    async def connect(cls, url: str, token: str, *, resume: dict[int, int] | None = None,
+                      **kwargs: Any) -> Client:
+        """Connect and authenticate with a session token.
+
+        ``resume`` maps room ids to the last seq already seen: the server then sends
+        exactly the messages after it, before the live ones (docs/protocol.md).
+        """
         self = await cls.open(url, **kwargs)
+        fields: dict[str, Any] = {"token": token, "v": PROTOCOL_VERSION}
+        if resume:
+            fields["resume"] = {str(room): seq for room, seq in resume.items()}
         try:
-            result = await self.request("auth", token=token, v=PROTOCOL_VERSION)
+            result = await self.request("auth", **fields)
         except BaseException:
             await self.close()
             raise
         self.user, self.rooms = result["user"], result["rooms"]
+        self.resync = result.get("resync", [])
         for room in self.rooms:
-            self.last_seq.setdefault(room["id"], room["last_seq"])
+            if room["id"] in self.resync or room["id"] not in (resume or {}):
+                self.last_seq[room["id"]] = max(self.last_seq.get(room["id"], 0), room["last_seq"])
         return self
 
     async def _read(self) -> None:
@@ -163,6 +178,10 @@ class Client:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._reader), timeout)
         return self.close_code
+
+    def abort(self) -> None:
+        """Drop the connection at once, without a closing handshake (as a dead network)."""
+        self.ws.transport.abort()
 
     async def close(self) -> None:
         await self.ws.close()

@@ -29,6 +29,8 @@ BAD_FRAMES_BEFORE_CLOSE: Final = 20
 RESUME_MAX_MESSAGES: Final = 1000
 """A resume missing more than this many messages is told to page through history."""
 REPAIR_PAGE: Final = 200
+PENDING_PER_ROOM: Final = 256
+"""Out-of-order live frames an edge holds per connection and room while it repairs."""
 MAX_WATCHED_USERS: Final = 5000
 TYPING_MIN_INTERVAL: Final = 1.0
 """Seconds between two typing events of one connection in one room."""

@@ -381,16 +381,22 @@ class Connection:
                 self._start_repair(room["id"], cursor)
 
     def offer(self, room: int, seq: int, frame: str) -> None:
+        """A live event: deliver it now if it is the next one, else queue it for repair."""
         cursor = self.cursors.get(room)
         if cursor is None or seq <= cursor.last:
             return
         if seq == cursor.last + 1 and not cursor.repairing:
             cursor.last = seq
-            self.push(frame)
+            self.push(frame)  # a full queue here means the client cannot keep up
             if cursor.pending:
-                self._drain(cursor)
+                self._start_repair(room, cursor)
             return
-        cursor.pending[seq] = frame
+        if len(cursor.pending) >= protocol.PENDING_PER_ROOM:
+            # Holding more is pointless: the store has them. Remember only how far to go.
+            top = max(seq, *cursor.pending)
+            cursor.pending = {top: ""}
+        else:
+            cursor.pending[seq] = frame
         self._start_repair(room, cursor)
 
     def behind(self, room: int, head: int) -> None:
@@ -400,18 +406,6 @@ class Connection:
             cursor.pending[head] = ""
             self._start_repair(room, cursor)
 
-    def _drain(self, cursor: _Cursor) -> None:
-        while (frame := cursor.pending.pop(cursor.last + 1, None)) is not None:
-            if frame:
-                self.push(frame)
-                cursor.last += 1
-            else:
-                # A placeholder: we know the seq exists but not its content.
-                cursor.pending[cursor.last + 1] = frame
-                break
-        for seq in [s for s in cursor.pending if s <= cursor.last]:
-            del cursor.pending[seq]
-
     def _start_repair(self, room: int, cursor: _Cursor) -> None:
         if cursor.repairing or not cursor.pending:
             return
@@ -420,29 +414,41 @@ class Connection:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _put(self, frame: str) -> None:
+        """Queue a replayed frame, waiting for room: replay goes at the client's pace."""
+        if self.close_code is None:
+            await self.out.put(frame)
+
     async def _repair(self, room: int, cursor: _Cursor) -> None:
+        """Deliver, in order, everything up to the highest pending seq, from the store
+        where the live stream did not bring it."""
         try:
             while cursor.pending and self.close_code is None:
-                self._drain(cursor)
-                if not cursor.pending or min(cursor.pending) <= cursor.last:
-                    continue
+                # Frames we hold that are next in line go first.
+                while (frame := cursor.pending.get(cursor.last + 1)):
+                    del cursor.pending[cursor.last + 1]
+                    await self._put(frame)
+                    cursor.last += 1
+                for seq in [s for s in cursor.pending if s <= cursor.last]:
+                    del cursor.pending[seq]
+                if not cursor.pending:
+                    break
                 page = await self.edge.chat(
                     "history", wire.History(user_id=self.uid, room=room, after=cursor.last,
                                             limit=protocol.REPAIR_PAGE))
-                messages = page["messages"]
-                if not messages:
-                    # The store has nothing newer: drop placeholders that cannot be filled.
-                    cursor.pending = {s: f for s, f in cursor.pending.items() if f}
-                    if cursor.pending:
-                        cursor.last = min(cursor.pending) - 1
-                    continue
+                messages = [m for m in page["messages"] if m["seq"] > cursor.last]
+                if not messages or messages[0]["seq"] != cursor.last + 1:
+                    # Cannot happen for committed messages; never skip, try again later.
+                    log.warning("room %s: store has no seq %d yet", room, cursor.last + 1)
+                    break
                 for m in messages:
-                    if m["seq"] == cursor.last + 1:
-                        self.push(message_frame(wire.Message(**m)))
-                        cursor.last = m["seq"]
-                        cursor.pending.pop(m["seq"], None)
+                    if m["seq"] != cursor.last + 1:
+                        break
+                    cursor.pending.pop(m["seq"], None)
+                    await self._put(message_frame(wire.Message(**m)))
+                    cursor.last = m["seq"]
         except CamError as exc:
-            # Retried on the next event for this room (or the client resumes).
+            # Retried on the next event or repair check for this room.
             log.warning("gap repair in room %s failed: %s", room, exc.message)
         finally:
             cursor.repairing = False
