@@ -163,3 +163,21 @@ async def test_resume_with_too_large_a_gap_asks_the_client_to_page(
     assert [m["seq"] for m in got] == [m["seq"] for m in more]
     await a.close()
     await b.close()
+
+
+async def test_sigterm_drains_health_first_then_closes_clients_with_4002(
+    cluster_factory: Any, make_user: Any
+):
+    cluster = cluster_with(cluster_factory, CAM_DRAIN_SECONDS="1.5")
+    alice = await connect(cluster, "camserver1", await make_user())
+    edge = cluster.procs["camserver1"]
+    edge.signal(15)
+    # First the health check turns 503 while the client is still connected...
+    await asyncio.to_thread(rig.wait_for, lambda: rig.http_get(
+        cluster.http("camserver1") + "/CAMServer/healthCheck")[0] == 503, 5, "503 on drain")
+    assert alice.close_code is None
+    assert (await alice.request("ping"))["pong"] is True
+    # ...then the client is told to reconnect elsewhere, and only then the process exits.
+    assert await alice.wait_closed(10) == 4002
+    await asyncio.to_thread(rig.wait_for, lambda: not edge.alive(), 15, "edge exit")
+    assert edge.popen is not None and edge.popen.returncode in (0, -15)
