@@ -59,6 +59,7 @@ class Client:
         self.events: asyncio.Queue[dict[str, Any]] = events if events is not None else asyncio.Queue()
         self.last_seq: dict[int, int] = last_seq if last_seq is not None else {}
         self.resync: list[int] = []
+        self.resync_from: dict[int, int] = {}
         self.hello: dict[str, Any] = {}
         self.user: dict[str, Any] = {}
         self.rooms: list[dict[str, Any]] = []
@@ -70,11 +71,12 @@ class Client:
     @classmethod
     async def open(cls, url: str, *, origin: str | None = None, max_size: int = 2**24,
                    events: asyncio.Queue[dict[str, Any]] | None = None,
-                   last_seq: dict[int, int] | None = None, open_timeout: float = 10) -> Client:
+                   last_seq: dict[int, int] | None = None, open_timeout: float = 10,
+                   compression: str | None = "deflate") -> Client:
         """Connect without authenticating (``hello`` is read)."""
         headers = {"Origin": origin} if origin else None
         ws = await connect(url, additional_headers=headers, max_size=max_size,
-                           open_timeout=open_timeout)
+                           open_timeout=open_timeout, compression=compression)
         self = cls(ws, events=events, last_seq=last_seq)
         self.hello = json.loads(await asyncio.wait_for(ws.recv(), 10))
         self._reader = asyncio.create_task(self._read())
@@ -99,6 +101,8 @@ class Client:
             raise
         self.user, self.rooms = result["user"], result["rooms"]
         self.resync = result.get("resync", [])
+        # Where each resync room's gap starts: page with history from there.
+        self.resync_from = {r: (resume or {}).get(r, 0) for r in self.resync}
         for room in self.rooms:
             if room["id"] in self.resync or room["id"] not in (resume or {}):
                 self.last_seq[room["id"]] = max(self.last_seq.get(room["id"], 0), room["last_seq"])

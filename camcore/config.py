@@ -276,6 +276,35 @@ def _video_text(value: tuple[VideoDomain, ...]) -> str:
     return ";".join(f"{domain.name}={domain.capacity}" for domain in value)
 
 
+_VIDEO_URLS_EXPECTED: Final = "name=http(s)://host:port/janus pairs separated by ';'"
+
+
+def _video_server_urls(raw: str) -> tuple[tuple[str, str], ...]:
+    urls: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for item in _split(raw, ";", _VIDEO_URLS_EXPECTED):
+        name, sep, url = (part.strip() for part in item.partition("="))
+        parts = urlsplit(url) if sep else None
+        if not sep or not name or parts is None or parts.scheme not in ("http", "https") \
+                or not parts.hostname:
+            raise _Invalid(f"{_VIDEO_URLS_EXPECTED} (bad entry '{item}')")
+        if name.lower() in seen:
+            raise _Invalid(f"{_VIDEO_URLS_EXPECTED} ('{name}' is listed twice)")
+        seen.add(name.lower())
+        urls.append((name, url.rstrip("/")))
+    return tuple(urls)
+
+
+def _video_urls_text(value: tuple[tuple[str, str], ...]) -> str:
+    return ";".join(f"{name}={url}" for name, url in value)
+
+
+def _video_overflow(raw: str) -> str:
+    if raw not in ("least_loaded", "reject"):
+        raise _Invalid("'least_loaded' or 'reject'")
+    return raw
+
+
 def _server_url_domain(raw: str) -> str:
     if not raw:
         return raw
@@ -581,6 +610,64 @@ KEYS: Final[tuple[ConfigKey, ...]] = (
         format=repr,
     ),
     ConfigKey(
+        ini="cam.wsPingInterval",
+        env="CAM_WS_PING_INTERVAL",
+        field="ws_ping_interval",
+        default="20.0",
+        description="Seconds between WebSocket pings to each client; a client that does not "
+        "answer within the same time is dropped (0 turns pings off).",
+        parse=_float_range(0.0, 3600.0),
+        format=repr,
+    ),
+    ConfigKey(
+        ini="cam.wsCompression",
+        env="CAM_WS_COMPRESSION",
+        field="ws_compression",
+        default="false",
+        description="Offer permessage-deflate on client WebSockets (costs CPU and about "
+        "100 KiB of memory per connection; chat frames are small).",
+        parse=_bool,
+        format=_bool_text,
+    ),
+    ConfigKey(
+        ini="cam.videoServerUrls",
+        env="CAM_VIDEO_SERVER_URLS",
+        field="video_server_urls",
+        default="",
+        description="Janus HTTP API of each video server: 'a=http://a:8088/janus;...' "
+        "(default http://<name>:8088/janus).",
+        parse=_video_server_urls,
+        format=_video_urls_text,
+    ),
+    ConfigKey(
+        ini="cam.videoOverflow",
+        env="CAM_VIDEO_OVERFLOW",
+        field="video_overflow",
+        default="least_loaded",
+        description="When every video server is over capacity: 'least_loaded' "
+        "(lowest load/capacity) or 'reject'.",
+        parse=_video_overflow,
+        format=str,
+    ),
+    ConfigKey(
+        ini="cam.videoAdminKey",
+        env="CAM_VIDEO_ADMIN_KEY",
+        field="video_admin_key",
+        default="",
+        description="Janus VideoRoom admin_key needed to create rooms (empty: none).",
+        parse=_text,
+        format=str,
+    ),
+    ConfigKey(
+        ini="cam.videoProbeInterval",
+        env="CAM_VIDEO_PROBE_INTERVAL",
+        field="video_probe_interval",
+        default="2.0",
+        description="Seconds between health probes and reconciliation of video servers.",
+        parse=_float_range(0.1, 300.0),
+        format=repr,
+    ),
+    ConfigKey(
         ini="cam.trustedProxies",
         env="CAM_TRUSTED_PROXIES",
         field="trusted_proxies",
@@ -621,9 +708,22 @@ class Settings:
     repair_interval: float
     outgoing_queue_frames: int
     drain_seconds: float
+    ws_ping_interval: float
+    ws_compression: bool
+    video_server_urls: tuple[tuple[str, str], ...]
+    video_overflow: str
+    video_admin_key: str
+    video_probe_interval: float
     trusted_proxies: tuple[str, ...]
     unknown_keys: tuple[str, ...]
     source: str
+
+    def video_url(self, name: str) -> str:
+        """The Janus HTTP API URL of a video server named in cam.videoDomains."""
+        for server, url in self.video_server_urls:
+            if server.lower() == name.lower():
+                return url
+        return f"http://{name}:8088/janus"
 
     @property
     def lb_in_front(self) -> bool:

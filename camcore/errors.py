@@ -20,6 +20,8 @@ ALREADY_AUTHENTICATED: Final = "already_authenticated"
 NOT_A_MEMBER: Final = "not_a_member"
 NO_SUCH_USER: Final = "no_such_user"
 CONFLICT: Final = "conflict"
+VIDEO_FULL: Final = "video_full"
+NOT_IN_CONFERENCE: Final = "not_in_conference"
 UNAVAILABLE: Final = "unavailable"
 INTERNAL: Final = "internal"
 
@@ -36,7 +38,10 @@ DESCRIPTIONS: Final[dict[str, str]] = {
     NOT_A_MEMBER: "the room does not exist or the user is not a member of it",
     NO_SUCH_USER: "a named user does not exist",
     CONFLICT: "the request conflicts with stored state (e.g. a reused client message id)",
-    UNAVAILABLE: "a backend (bus or database) is unreachable; nothing was stored, retry later",
+    VIDEO_FULL: "no video server can take a new conference (all over capacity, draining or down)",
+    NOT_IN_CONFERENCE: "the connection has not joined this room's conference",
+    UNAVAILABLE: "a backend (bus or database) is unreachable or did not answer in time; a send "
+    "may or may not have been stored: retry it with the same cid (it is stored once)",
     INTERNAL: "an unexpected server error; nothing was stored",
 }
 

@@ -23,6 +23,8 @@ CLOSE_SESSION_REVOKED: Final = 4403
 """The session was revoked (logout elsewhere): log in again."""
 
 AUTH_TIMEOUT_SECONDS: Final = 15.0
+REPLAY_STALL_SECONDS: Final = 5.0
+"""A replay that cannot queue a frame for this long closes the client as too slow."""
 SLOW_CLOSE_GRACE: Final = 3.0
 """Seconds a client closed as too slow has to take its close frame before we cut it off."""
 BAD_FRAMES_BEFORE_CLOSE: Final = 20

@@ -18,6 +18,9 @@ CHAT_QUEUE: Final = "chat"
 PRESENCE_QUEUE: Final = "presence"
 """Queue group shared by all presence replicas."""
 
+VIDEO_QUEUE: Final = "video"
+"""Queue group shared by all video-allocator replicas."""
+
 HEALTH_QUEUE: Final = "health"
 """Queue group shared by all health replicas."""
 
@@ -32,6 +35,12 @@ PRESENCE_RPC: Final = f"{PREFIX}.presence.rpc"
 
 PRESENCE_USER_ALL: Final = f"{PREFIX}.presence.user.*"
 """Every user's presence changes (debugging only; edges subscribe per watched user)."""
+
+VIDEO_RPC: Final = f"{PREFIX}.video.rpc"
+"""Prefix of video-allocator request/reply subjects: ``cam.video.rpc.<op>``."""
+
+CONF_EVENTS_ALL: Final = f"{PREFIX}.conf.*.ev"
+"""Every conference's events (debugging only; edges subscribe per conference)."""
 
 ROOM_EVENTS_ALL: Final = f"{PREFIX}.room.*.ev"
 """Every room's sequenced events (debugging only; edges subscribe per room)."""
@@ -82,6 +91,16 @@ def presence_rpc(op: str) -> str:
 def presence_user(user_id: int) -> str:
     """``cam.presence.user.<id>``: a user's shown status changed (published once)."""
     return f"{PREFIX}.presence.user.{int(user_id)}"
+
+
+def video_rpc(op: str) -> str:
+    """``cam.video.rpc.<op>``: a conference command, served by one allocator replica."""
+    return f"{VIDEO_RPC}.{_token(op)}"
+
+
+def conf_events(room_id: int) -> str:
+    """``cam.conf.<room>.ev``: participants joined/left, room moved, signalling relay."""
+    return f"{PREFIX}.conf.{int(room_id)}.ev"
 
 
 def user_events(user_id: int) -> str:

@@ -115,6 +115,30 @@ class TypingFrame(Frame, tag="typing"):
     room: RoomId
 
 
+class ConfJoinFrame(Frame, tag="conf_join"):
+    room: RoomId
+
+
+class ConfLeaveFrame(Frame, tag="conf_leave"):
+    room: RoomId
+
+
+class ConfParticipantsFrame(Frame, tag="conf_participants"):
+    room: RoomId
+
+
+class ConfExplainFrame(Frame, tag="conf_explain"):
+    room: RoomId
+
+
+class ConfSignalFrame(Frame, tag="conf_signal"):
+    """A WebRTC signalling message (offer, answer, candidate...) for one participant."""
+
+    room: RoomId
+    to: Annotated[int, msgspec.Meta(ge=1)]
+    data: dict[str, Any]
+
+
 CLIENT_FRAMES: Final[dict[str, type[Frame]]] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]
     for cls in (
@@ -133,6 +157,11 @@ CLIENT_FRAMES: Final[dict[str, type[Frame]]] = {
         UnwatchFrame,
         DirectoryFrame,
         TypingFrame,
+        ConfJoinFrame,
+        ConfLeaveFrame,
+        ConfParticipantsFrame,
+        ConfExplainFrame,
+        ConfSignalFrame,
     )
 }
 
@@ -266,6 +295,39 @@ class PresenceState(msgspec.Struct, kw_only=True):
     user: int
     status: str  # online, away, busy or offline
     version: int
+
+
+# ---------------------------------------------------------------- edge -> video allocator (bus)
+
+
+class ConfRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    room: RoomId
+
+
+class ConfJoin(ConfRequest, kw_only=True):
+    user_id: int
+    session: int
+    node: str
+
+
+class ConfLeave(ConfRequest, kw_only=True):
+    user_id: int
+    session: int
+
+
+class ConfParticipants(ConfRequest):
+    pass
+
+
+class ConfExplain(ConfRequest):
+    pass
+
+
+class VideoAdmin(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Operator commands: drain or enable a video server, or read the status of all."""
+
+    action: Literal["drain", "enable", "status"]
+    server: str | None = None
 
 
 DIGEST_MOD: Final = 2**62

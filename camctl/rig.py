@@ -312,6 +312,7 @@ SERVICE_MODULES = {
     "chat": "cam_chat.main",
     "health": "cam_health.main",
     "presence": "cam_presence.main",
+    "video": "cam_video_allocator.main",
 }
 
 
@@ -329,3 +330,101 @@ def edge_ready(port: int) -> bool:
 
 def write_state(path: Path, state: dict[str, object]) -> None:
     path.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+
+
+# ------------------------------------------------------------------ Janus (SFU)
+
+JANUS_LIB = Path("/usr/lib/x86_64-linux-gnu/janus")
+_JANUS_PLUGINS_OFF = ("audiobridge", "duktape", "echotest", "lua", "nosip", "recordplay", "sip",
+                      "streaming", "textroom", "videocall", "voicemail")
+_JANUS_TRANSPORTS_OFF = ("websockets", "mqtt", "nanomsg", "pfunix", "rabbitmq")
+
+
+def janus_binary() -> str | None:
+    return shutil.which("janus")
+
+
+def _janus_lib() -> Path:
+    for candidate in (JANUS_LIB, *Path("/usr/lib").glob("*/janus")):
+        if (candidate / "plugins").exists():
+            return candidate
+    raise RigError("Janus plugins not found (install the Debian package janus)")
+
+
+class Janus:
+    """One Janus SFU with only the VideoRoom plugin and the HTTP API, on loopback."""
+
+    def __init__(self, workdir: Path, name: str, *, port: int | None = None,
+                 rtp_range: tuple[int, int] = (20000, 20199), admin_key: str = "") -> None:
+        self.workdir, self.name = workdir / name, name
+        self.port = port or free_port()
+        self.rtp_range = rtp_range
+        self.admin_key = admin_key
+        self.proc: Proc | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/janus"
+
+    def _write_config(self) -> Path:
+        lib = _janus_lib()
+        conf = self.workdir / "conf"
+        conf.mkdir(parents=True, exist_ok=True)
+        off = lambda kind, names: ",".join(f"libjanus_{n}.so" for n in names)  # noqa: E731
+        (conf / "janus.jcfg").write_text(f"""general: {{
+    configs_folder = "{conf}"
+    plugins_folder = "{lib / 'plugins'}"
+    transports_folder = "{lib / 'transports'}"
+    events_folder = "{lib / 'events'}"
+    loggers_folder = "{lib / 'loggers'}"
+    debug_level = 4
+    server_name = "{self.name}"
+    session_timeout = 60
+}}
+media: {{
+    rtp_port_range = "{self.rtp_range[0]}-{self.rtp_range[1]}"
+}}
+plugins: {{
+    disable = "{off('plugin', _JANUS_PLUGINS_OFF)}"
+}}
+transports: {{
+    disable = "{off('transport', _JANUS_TRANSPORTS_OFF)}"
+}}
+loggers: {{
+    disable = "libjanus_jsonlog.so"
+}}
+""", encoding="utf-8")
+        (conf / "janus.transport.http.jcfg").write_text(f"""general: {{
+    base_path = "/janus"
+    http = true
+    port = {self.port}
+    ip = "127.0.0.1"
+    https = false
+}}
+admin: {{
+    admin_http = false
+}}
+""", encoding="utf-8")
+        key = f'    admin_key = "{self.admin_key}"\n' if self.admin_key else ""
+        (conf / "janus.plugin.videoroom.jcfg").write_text(f"general: {{\n{key}}}\n",
+                                                          encoding="utf-8")
+        return conf
+
+    def start(self, timeout: float = 20.0) -> Janus:
+        binary = janus_binary()
+        if binary is None:
+            raise RigError("janus not found: install the Debian package janus")
+        conf = self._write_config()
+        self.proc = Proc(self.name, [binary, "-F", str(conf), "-o"],
+                         self.workdir / "janus.log").start()
+        wait_for(lambda: (self.proc.check_alive(),  # type: ignore[union-attr]
+                          http_get(self.url + "/info", 1.0)[0] == 200)[1], timeout, self.name)
+        return self
+
+    def kill(self) -> None:
+        if self.proc:
+            self.proc.kill()
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()

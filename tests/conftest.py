@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
-from camcore import accounts, db
+from camcore import accounts, bus, db, subjects, wire
+from camcore.errors import CamError
 from camctl import rig
 
 HEARTBEAT = "0.2"
@@ -51,6 +54,7 @@ class Cluster:
         self.nats = nats
         self.procs: dict[str, rig.Proc] = {}
         self.edge_ports: dict[str, int] = {}
+        self.extra_env: dict[str, str] = {}
 
     def env(self, **extra: str) -> dict[str, str]:
         return {
@@ -62,6 +66,7 @@ class Cluster:
             "CAM_DRAIN_SECONDS": "0.3",
             "CAM_REPAIR_INTERVAL": "0.5",
             "CAM_LOG_LEVEL": "INFO",
+            **self.extra_env,
             **extra,
         }
 
@@ -72,6 +77,11 @@ class Cluster:
 
     def start_presence(self, name: str = "presence1") -> rig.Proc:
         proc = rig.service("presence", name, self.env(CAM_NODE_NAME=name), self.workdir)
+        self.procs[name] = proc.start()
+        return proc
+
+    def start_video(self, name: str = "video1") -> rig.Proc:
+        proc = rig.service("video", name, self.env(CAM_NODE_NAME=name), self.workdir)
         self.procs[name] = proc.start()
         return proc
 
@@ -91,11 +101,39 @@ class Cluster:
         self.procs[name] = proc.start()
         return proc
 
+    def wait_services(self, timeout: float = 30.0) -> None:
+        """Until every started bus service answers (its queue subscription is in place)."""
+        probes = {"chat": (subjects.chat_rpc("room_heads"), wire.RoomHeads(rooms=[])),
+                  "presence": (subjects.presence_rpc("query"), wire.PresenceQuery(users=[])),
+                  "video": (subjects.video_rpc("admin"), wire.VideoAdmin(action="status"))}
+        wanted = [probes[k] for k in probes if any(n.startswith(k) for n in self.procs)]
+
+        async def probe() -> None:
+            nc = await bus.connect(self.nats.urls, "test-readiness", connect_deadline=timeout)
+            try:
+                for subject, request in wanted:
+                    deadline = time.monotonic() + timeout
+                    while True:
+                        try:
+                            await bus.call(nc, subject, request, timeout=2)
+                            break
+                        except CamError:
+                            if time.monotonic() > deadline:
+                                raise
+                            await asyncio.sleep(0.05)
+            finally:
+                await nc.close()
+
+        if wanted:
+            with ThreadPoolExecutor(1) as pool:
+                pool.submit(asyncio.run, probe()).result()
+
     def wait_edges(self, *names: str, timeout: float = 30.0) -> None:
         for name in names or tuple(self.edge_ports):
             port, proc = self.edge_ports[name], self.procs[name]
             rig.wait_for(lambda port=port, proc=proc: (proc.check_alive(), rig.edge_ready(port))[1],
                          timeout, f"edge {name}")
+        self.wait_services(timeout)
 
     def http(self, name: str) -> str:
         return f"http://127.0.0.1:{self.edge_ports[name]}"

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import random
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -80,8 +81,10 @@ class Rig:
             m.reader = asyncio.create_task(m.read())
 
     async def _send_loop(self, m: Member, rng: random.Random, body_size: int,
-                         every: float) -> None:
-        while self.sending:
+                         every: float, limit: int | None) -> None:
+        sent = 0
+        while self.sending and (limit is None or sent < limit):
+            sent += 1
             room = rng.choice(self.rooms)
             cid = f"{m.name}-{m.sent}"
             m.sent += 1  # one event loop: no two loops of a member take the same number
@@ -94,12 +97,13 @@ class Rig:
             await asyncio.sleep(every * rng.uniform(0.5, 1.5))
 
     def start_load(self, *, body_size: int = 40, members: list[Member] | None = None,
-                   every: float = SEND_EVERY, per_member: int = 1) -> None:
+                   every: float = SEND_EVERY, per_member: int = 1,
+                   limit: int | None = None) -> None:
         self.sending = True
         for i, m in enumerate(members or self.members):
             for k in range(per_member):
-                self.senders.append(asyncio.create_task(
-                    self._send_loop(m, random.Random(1000 + i * 10 + k), body_size, every)))
+                self.senders.append(asyncio.create_task(self._send_loop(
+                    m, random.Random(1000 + i * 10 + k), body_size, every, limit)))
 
     async def stop_load(self) -> None:
         self.sending = False
@@ -250,26 +254,35 @@ async def test_slow_consumer_is_cut_off_and_resumes_while_others_keep_up(
     cluster.start_chat("chat2")
     cluster.start_presence()
     for i, edge in enumerate(EDGES):
-        cluster.start_edge(edge, nats=i, CAM_OUTGOING_QUEUE_FRAMES="64")
+        # Protocol pings off: only the full outgoing queue may cut the slow client.
+        cluster.start_edge(edge, nats=i, CAM_OUTGOING_QUEUE_FRAMES="64",
+                           CAM_WS_PING_INTERVAL="0")
     cluster.wait_edges()
     r = Rig(cluster, pool)
     # No client-side liveness pings: only the server may decide this client is too slow.
-    await r.setup(make_user, ping_interval=3600, ping_timeout=3600)
+    # No compression either, so every byte of the flood reaches the socket buffers.
+    await r.setup(make_user, ping_interval=3600, ping_timeout=3600, compression=None)
     try:
         slow = r.members[0]
         assert slow.session.client is not None
+        sock = slow.session.client.ws.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         slow.session.client.ws.transport.pause_reading()
-        # A flood of large messages: far more than socket buffers and the queue hold.
-        r.start_load(body_size=3900, members=r.members[1:], every=0.0, per_member=3)
-        await asyncio.sleep(8.0)
+        # A flood of large messages, far more than socket buffers and the queue hold
+        # (about 9 MB), yet less than one resume replays (under 1000 a room).
+        r.start_load(body_size=3900, members=r.members[1:], every=0.0, per_member=3, limit=100)
+        log = cluster.procs[slow.home].log_path
+        await asyncio.to_thread(rig.wait_for, lambda: b"cannot keep up" in log.read_bytes(),
+                                120, "the edge to close the slow client", 0.2)
         # While the slow one reads nothing, the others are not held back.
         heads = await r.heads()
         await asyncio.sleep(1.0)
         fast = r.members[1:]
         assert all(m.session.last_seq[room] >= heads[room] for m in fast for room in r.rooms)
-        slow.session.client.ws.transport.resume_reading()
         await r.stop_load()
+        slow.session.client.ws.transport.resume_reading()
         report = await r.check("slow consumer")
+        assert not slow.session.resync
         assert slow.session.close_codes and slow.session.close_codes[0] in (4001, 1006)
         assert report["reconnects"] >= 1
     finally:

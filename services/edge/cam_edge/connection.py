@@ -35,12 +35,13 @@ NOT_A_MEMBER = "not a member of this room (or no such room)"
 
 
 class _Cursor:
-    __slots__ = ("last", "pending", "repairing")
+    __slots__ = ("last", "pending", "repairing", "seen_head")
 
     def __init__(self, last: int) -> None:
         self.last = last
         self.pending: dict[int, str] = {}
         self.repairing = False
+        self.seen_head = 0  # the store's head at the previous repair check
 
 
 class Connection:
@@ -54,8 +55,11 @@ class Connection:
         self.session_id = new_session_id()
         self.watching: set[int] = set()
         self._typing_sent: dict[int, float] = {}
+        self.conferences: set[int] = set()
         self.out: asyncio.Queue[str | None] = asyncio.Queue(edge.settings.outgoing_queue_frames)
         self._writer: asyncio.Task[None] | None = None
+        self._replay_room = max(1, edge.settings.outgoing_queue_frames // 2)
+        self._space = asyncio.Event()
         self.close_code: int | None = None
         self.close_reason = ""
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -76,6 +80,11 @@ class Connection:
             "unwatch": self.op_unwatch,
             "directory": self.op_directory,
             "typing": self.op_typing,
+            "conf_join": self.op_conf_join,
+            "conf_leave": self.op_conf_leave,
+            "conf_participants": self.op_conf_participants,
+            "conf_explain": self.op_conf_explain,
+            "conf_signal": self.op_conf_signal,
         }
 
     # ------------------------------------------------------------ output
@@ -95,6 +104,7 @@ class Connection:
         """Close after what is already queued; the writer sends the close frame."""
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
+            self._space.set()  # release replays waiting for room
             with contextlib.suppress(asyncio.QueueFull):
                 self.out.put_nowait(None)
             if self.out.full():
@@ -103,6 +113,8 @@ class Connection:
                     self.out.get_nowait()
                 self.out.put_nowait(None)
             if code == protocol.CLOSE_RESUME:
+                log.info("closing a client that cannot keep up (user %s)",
+                         self.user.username if self.user else "-")
                 # A client that does not read at all would block the close frame too.
                 asyncio.get_running_loop().call_later(protocol.SLOW_CLOSE_GRACE, self._abort)
 
@@ -116,7 +128,19 @@ class Connection:
                 frame = await self.out.get()
                 if frame is None:
                     break
+                if self.out.qsize() < self._replay_room:
+                    self._space.set()
                 await self.ws.send_text(frame)
+                # Send what else is already queued without waking up once per frame.
+                while not self.out.empty():
+                    frame = self.out.get_nowait()
+                    if frame is None:
+                        break
+                    await self.ws.send_text(frame)
+                if frame is None:
+                    break
+                if self.out.qsize() < self._replay_room:
+                    self._space.set()
         except Exception as exc:  # noqa: BLE001 - the socket is gone; the reader notices
             log.debug("writer stopped: %s", exc)
             return
@@ -235,10 +259,16 @@ class Connection:
             raise Unavailable("database unavailable") from exc
         if user is None:
             raise CamError("session is invalid, expired or revoked", errors.UNAUTHENTICATED)
+        # Subscribe to the user's events before listing rooms, so no room added in
+        # between is missed; until the listing succeeds the connection stays anonymous.
+        await self.edge.hub.add_user(user.id, self)
+        try:
+            listing = await self.edge.chat("list_rooms", wire.ListRooms(user_id=user.id))
+        except BaseException:
+            await self.edge.hub.remove_user(user.id, self)
+            raise
         self.user, self.token = user, token
         self.edge.presence.add(self.session_id, user.id)
-        await self.edge.hub.add_user(user.id, self)
-        listing = await self.edge.chat("list_rooms", wire.ListRooms(user_id=user.id))
         rooms = listing["rooms"]
         resume = frame.resume or {}
         resync = []
@@ -350,6 +380,78 @@ class Connection:
             await self.edge.nc.publish(subjects.room_typing(frame.room), wire.encode(event))
         return {"room": frame.room}
 
+    # ------------------------------------------------------------ conferences
+
+    def _require_member(self, room: int) -> None:
+        if room not in self.cursors:
+            raise CamError(NOT_A_MEMBER, errors.NOT_A_MEMBER)
+
+    async def _video(self, op: str, request: msgspec.Struct) -> Any:
+        return await bus.call(self.edge.nc, subjects.video_rpc(op), request, timeout=10)
+
+    async def op_conf_join(self, frame: wire.ConfJoinFrame) -> dict[str, Any]:
+        self._require_member(frame.room)
+        await self.edge.hub.join_conference(frame.room, self)  # before: see our own join
+        try:
+            result = await self._video("join", wire.ConfJoin(
+                room=frame.room, user_id=self.uid, session=self.session_id,
+                node=self.edge.settings.node_name))
+        except BaseException:
+            if frame.room not in self.conferences:
+                await self.edge.hub.leave_conference(frame.room, self)
+            raise
+        self.conferences.add(frame.room)
+        return result  # type: ignore[no-any-return]
+
+    async def op_conf_leave(self, frame: wire.ConfLeaveFrame) -> dict[str, Any]:
+        if frame.room not in self.conferences:
+            raise CamError("not in this conference", errors.NOT_IN_CONFERENCE)
+        try:
+            result = await self._video("leave", wire.ConfLeave(
+                room=frame.room, user_id=self.uid, session=self.session_id))
+        except CamError as exc:
+            if exc.code != errors.NOT_IN_CONFERENCE:
+                raise  # e.g. unavailable: still in it, the client may retry
+            result = None
+        self.conferences.discard(frame.room)
+        await self.edge.hub.leave_conference(frame.room, self)
+        if result is None:
+            raise CamError("not in this conference", errors.NOT_IN_CONFERENCE)
+        return result  # type: ignore[no-any-return]
+
+    async def op_conf_participants(self, frame: wire.ConfParticipantsFrame) -> dict[str, Any]:
+        self._require_member(frame.room)
+        return await self._video("participants", wire.ConfParticipants(room=frame.room))  # type: ignore[no-any-return]
+
+    async def op_conf_explain(self, frame: wire.ConfExplainFrame) -> dict[str, Any]:
+        self._require_member(frame.room)
+        return await self._video("explain", wire.ConfExplain(room=frame.room))  # type: ignore[no-any-return]
+
+    async def op_conf_signal(self, frame: wire.ConfSignalFrame) -> dict[str, Any]:
+        if frame.room not in self.conferences:
+            raise CamError("join the conference first", errors.NOT_IN_CONFERENCE)
+        event = {"room": frame.room, "type": "signal", "from": self.uid,
+                 "from_session": self.session_id, "to": frame.to, "data": frame.data}
+        await self.edge.nc.publish(subjects.conf_events(frame.room), wire.encode(event))
+        return {"room": frame.room, "to": frame.to}
+
+    def on_conf_event(self, room: int, event: dict[str, Any]) -> None:
+        if room not in self.conferences and event.get("type") != "participant_joined":
+            return
+        kind = event.get("type")
+        if kind == "signal":
+            if event.get("to") == self.uid and event.get("from_session") != self.session_id:
+                self.send_json({"op": "conf_signal", "room": room, "from": event.get("from"),
+                                "from_session": event.get("from_session"),
+                                "data": event.get("data")})
+        elif kind == "participant_joined":
+            self.send_json({"op": "conf_joined", **{k: v for k, v in event.items()
+                                                    if k != "type"}})
+        elif kind == "participant_left":
+            self.send_json({"op": "conf_left", **{k: v for k, v in event.items() if k != "type"}})
+        elif kind == "room_moved":
+            self.send_json({"op": "conf_moved", **{k: v for k, v in event.items() if k != "type"}})
+
     def on_presence(self, user: int, status: str) -> None:
         self.send_json({"op": "presence", "user": user, "status": status})
 
@@ -400,11 +502,18 @@ class Connection:
         self._start_repair(room, cursor)
 
     def behind(self, room: int, head: int) -> None:
-        """The store has ``head`` for this room: fetch whatever has not been delivered."""
+        """The store had ``head`` for this room at the last check and has it now.
+
+        A seq that is still undelivered one whole check later was lost on the bus (or
+        never published): fetch it. Newer ones are probably just in flight.
+        """
         cursor = self.cursors.get(room)
-        if cursor is not None and head > cursor.last and head not in cursor.pending:
-            cursor.pending[head] = ""
-            self._start_repair(room, cursor)
+        if cursor is None:
+            return
+        confirmed, cursor.seen_head = cursor.seen_head, head
+        if confirmed > cursor.last:
+            cursor.pending.setdefault(confirmed, "")
+            self._start_repair(room, cursor)  # also restarts a repair that failed
 
     def _start_repair(self, room: int, cursor: _Cursor) -> None:
         if cursor.repairing or not cursor.pending:
@@ -415,9 +524,20 @@ class Connection:
         task.add_done_callback(self._tasks.discard)
 
     async def _put(self, frame: str) -> None:
-        """Queue a replayed frame, waiting for room: replay goes at the client's pace."""
+        """Queue a replayed frame at the client's pace.
+
+        Replay fills at most half the queue, so replies and live frames of other rooms
+        still fit: a client that reads is never closed as too slow because of a replay.
+        """
+        while self.close_code is None and self.out.qsize() >= self._replay_room:
+            self._space.clear()
+            try:
+                await asyncio.wait_for(self._space.wait(), protocol.REPLAY_STALL_SECONDS)
+            except TimeoutError:
+                # Nothing left the queue for that long: the client is not reading.
+                self.close(protocol.CLOSE_RESUME, "too slow: reconnect and resume")
         if self.close_code is None:
-            await self.out.put(frame)
+            self.out.put_nowait(frame)
 
     async def _repair(self, room: int, cursor: _Cursor) -> None:
         """Deliver, in order, everything up to the highest pending seq, from the store
@@ -454,6 +574,8 @@ class Connection:
             cursor.repairing = False
 
     def on_user_event(self, event: dict[str, Any]) -> None:
+        if self.user is None:
+            return  # still authenticating: the room listing will include it
         kind = event.get("type")
         if kind == "room_added" and isinstance(event.get("room"), dict):
             room = event["room"]
@@ -472,6 +594,11 @@ class Connection:
         if self.user is None:
             return
         self.edge.presence.remove(self.session_id)
+        for room in list(self.conferences):
+            with contextlib.suppress(CamError):
+                await self._video("leave", wire.ConfLeave(
+                    room=room, user_id=self.uid, session=self.session_id))
+            await self.edge.hub.leave_conference(room, self)
         if self.watching:
             await self.edge.watch.unwatch(self, list(self.watching))
         for room in list(self.cursors):

@@ -32,6 +32,8 @@ class Listener(Protocol):
 
     def on_typing(self, room: int, user: int, frame: str) -> None: ...
 
+    def on_conf_event(self, room: int, event: dict[str, object]) -> None: ...
+
     def on_user_event(self, event: dict[str, object]) -> None: ...
 
 
@@ -59,6 +61,7 @@ class Hub:
         self._nc = nc
         self._rooms: dict[int, _Interest] = {}
         self._users: dict[int, _Interest] = {}
+        self._confs: dict[int, _Interest] = {}
         self._lock = asyncio.Lock()
         self.delivered = 0
 
@@ -103,6 +106,24 @@ class Hub:
 
     async def leave_room(self, room: int, listener: Listener) -> None:
         await self._remove(self._rooms, room, listener)
+
+    async def join_conference(self, room: int, listener: Listener) -> None:
+        await self._add(self._confs, room, listener, subjects.conf_events(room), self._on_conf)
+
+    async def leave_conference(self, room: int, listener: Listener) -> None:
+        await self._remove(self._confs, room, listener)
+
+    async def _on_conf(self, msg: Msg) -> None:
+        try:
+            event = wire.decode(msg.data)
+            room = int(event["room"])
+        except (msgspec.MsgspecError, ValueError, KeyError, TypeError):
+            return
+        interest = self._confs.get(room)
+        if interest is None:
+            return
+        for listener in list(interest.listeners):
+            listener.on_conf_event(room, event)
 
     async def add_user(self, user: int, listener: Listener) -> None:
         await self._add(self._users, user, listener, subjects.user_events(user), self._on_user)

@@ -37,7 +37,8 @@ _MAX_BATCH = 2000
 
 
 def new_session_id() -> int:
-    return secrets.randbelow(wire.DIGEST_MOD - 1) + 1
+    """Random, and below 2**53 so JavaScript clients hold it exactly."""
+    return secrets.randbelow(2**53 - 1) + 1
 
 
 class PresenceAgent:

@@ -1,0 +1,1 @@
+"""Video-room allocator: places conferences on the SFUs listed in cam.videoDomains."""
