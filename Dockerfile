@@ -1,18 +1,26 @@
-# One image for every service of the cluster; the command picks the service:
-# cam-edge (default), cam-chat, cam-health, or camctl (e.g. `camctl migrate`).
+# One image for every cam service of the cluster; the command picks the service:
+# cam-edge (default), cam-chat, cam-presence, cam-health, or camctl (e.g. `camctl
+# migrate`), or `python -m camctl.lb ...` (load balancer certificate and probe).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# openssl makes the load balancer's self-signed certificate (the lb-cert service);
+# the base image normally has it through ca-certificates.
+RUN command -v openssl >/dev/null \
+    || (apt-get update && apt-get install -y --no-install-recommends openssl \
+        && rm -rf /var/lib/apt/lists/*)
+
 # The services never need root. /var/lib/cam (cam.serverDatePath in
-# deploy/docker/boot.ini) belongs to them so a named volume mounted there inherits
-# that ownership.
+# deploy/docker/boot.ini) and /certs belong to them so a named volume mounted there
+# inherits that ownership.
 RUN groupadd --system cam \
     && useradd --system --gid cam --home-dir /app --no-create-home \
        --shell /usr/sbin/nologin cam \
-    && install -d -o cam -g cam -m 0750 /var/lib/cam
+    && install -d -o cam -g cam -m 0750 /var/lib/cam \
+    && install -d -o cam -g cam -m 0755 /certs
 
 WORKDIR /app
 COPY . /app

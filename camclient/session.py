@@ -5,6 +5,10 @@ dies, is frozen, closes with 4001 "resume" or 4002 "reconnect elsewhere"), it mo
 to the next edge after a jittered backoff, resumes every room from the last sequence
 number it saw, and re-sends each unacknowledged message with the same client message
 id, so the server stores it once.
+
+:meth:`Session.for_cluster` builds the list from the cluster information an edge
+serves (:mod:`camclient.cluster`): the cluster's hosts in order, or only the load
+balancer when one is in front.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .client import Client, ClientError
+from .cluster import ClusterInfo, first_cluster_info
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +36,7 @@ RETRYABLE = {"unavailable", "closed", "internal"}
 class Session:
     def __init__(self, urls: Sequence[str], token: str, *, ping_interval: float = 1.0,
                  ping_timeout: float = 3.0, backoff_base: float = 0.2, backoff_cap: float = 3.0,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, compression: str | None = "deflate") -> None:
         self.urls = list(urls)
         self.token = token
         self.ping_interval = ping_interval
@@ -39,6 +44,7 @@ class Session:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.rng = rng or random.Random()
+        self.compression = compression
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.last_seq: dict[int, int] = {}
         self.client: Client | None = None
@@ -52,6 +58,22 @@ class Session:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self.fatal: str | None = None
+        self.cluster: ClusterInfo | None = None
+
+    @classmethod
+    def from_cluster_info(cls, info: ClusterInfo, token: str, **kwargs: Any) -> Session:
+        """A session over ``info.ws_urls()``: the hosts in order, or the load balancer."""
+        session = cls(info.ws_urls(), token, **kwargs)
+        session.cluster = info
+        return session
+
+    @classmethod
+    async def for_cluster(cls, base_urls: str | Sequence[str], token: str, *,
+                          verify: Any = True, **kwargs: Any) -> Session:
+        """Ask the first server of ``base_urls`` that answers for its cluster information
+        (``GET /api/cluster``), then make a session over its URLs (not started)."""
+        urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
+        return cls.from_cluster_info(await first_cluster_info(urls, verify=verify), token, **kwargs)
 
     async def start(self, timeout: float = 30.0) -> Session:
         self._task = asyncio.create_task(self._run())
@@ -69,7 +91,7 @@ class Session:
             try:
                 client = await Client.connect(url, self.token, resume=dict(self.last_seq),
                                               events=self.events, last_seq=self.last_seq,
-                                              open_timeout=5)
+                                              open_timeout=5, compression=self.compression)
             except (OSError, TimeoutError, ClientError, Exception) as exc:  # noqa: BLE001
                 if isinstance(exc, ClientError) and exc.code == "unauthenticated":
                     self.fatal = exc.message

@@ -12,11 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-from camcore import accounts, bus, db
+from camcore import accounts, bus, db, subjects, wire
 from camcore.config import ConfigError, Settings, load_settings, settings_env
 from camcore.errors import CamError
 
-from . import rig
+from . import lb, rig
 
 STATE_FILE = "camctl-state.json"
 
@@ -57,7 +57,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     root.mkdir(parents=True, exist_ok=True)
     logdir = root / "logs"
     procs: list[rig.Proc] = []
+    sfus: list[rig.Janus] = []
     nats = pg = None
+    plan: lb.LocalPlan | None = None
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -86,18 +88,36 @@ def cmd_up(args: argparse.Namespace) -> int:
         busy = [p for p in ports if rig.port_open(p)]
         if busy:
             raise SystemExit(f"port(s) {busy} are in use; pick others with --base-port")
+        if not args.no_lb:
+            plan = lb.LocalPlan(args.lb, args.lb_port, root / "lb")
         names = [f"camserver{i + 1}" for i in range(args.nodes)]
         hosts = ";".join(f"127.0.0.1:{p}" for p in ports)
         base_env = settings_env(settings)
         base_env.update({"CAM_DATABASE_URL": database_url, "CAM_NATS_URL": ",".join(nats.urls)})
         if not settings.cluster_hosts:
             base_env["CAM_CLUSTER_HOSTS"] = hosts
+        if plan:
+            base_env.update(plan.edge_env(settings.trusted_proxies, settings.server_url_domain))
         for i in range(args.chat):
             env = {**base_env, "CAM_NODE_NAME": names[i % len(names)]}
             procs.append(rig.service("chat", f"chat{i + 1}", env, logdir).start())
         for i in range(args.presence):
             env = {**base_env, "CAM_NODE_NAME": names[i % len(names)]}
             procs.append(rig.service("presence", f"presence{i + 1}", env, logdir).start())
+        sfus, video_env = _video_plan(args, settings, names, root)
+        base_env.update(video_env)
+        for sfu in sfus:
+            sfu.start()
+        if sfus:
+            print(f"video: {len(sfus)} Janus servers: "
+                  + ", ".join(f"{s.name} {s.url}" for s in sfus))
+            procs.append(rig.service("video", "video1", {**base_env, "CAM_NODE_NAME": names[0]},
+                                     logdir).start())
+        elif settings.video_server_urls:
+            procs.append(rig.service("video", "video1", {**base_env, "CAM_NODE_NAME": names[0]},
+                                     logdir).start())
+        else:
+            print("video: Janus is not installed; conferences are off (apt-get install janus)")
         procs.append(rig.service("health", "health1", {**base_env, "CAM_NODE_NAME": names[0]},
                                  logdir).start())
         for i, (name, port) in enumerate(zip(names, ports, strict=True)):
@@ -106,18 +126,28 @@ def cmd_up(args: argparse.Namespace) -> int:
                    # Each edge prefers its own bus server; the others are for failover.
                    "CAM_NATS_URL": ",".join(nats.urls[i % len(nats.urls):]
                                             + nats.urls[: i % len(nats.urls)])}
+            if not settings.cluster_hosts:
+                # Each server lists its own host first (cluster-spec.md section 3).
+                env["CAM_CLUSTER_HOSTS"] = ";".join(f"127.0.0.1:{p}" for p in ports[i:] + ports[:i])
             procs.append(rig.service("edge", name, env, logdir).start())
         for name, port in zip(names, ports, strict=True):
             rig.wait_for(lambda port=port: (_check(procs), rig.edge_ready(port))[1], 60,
                          f"{name} health check")
+        balancer = plan.start([lb.Backend(n, "127.0.0.1", p) for n, p in zip(names, ports, strict=True)]
+                              ) if plan else None
         rig.write_state(root / STATE_FILE, {
             "database_url": database_url, "nats_urls": nats.urls,
             "edges": {n: f"http://127.0.0.1:{p}" for n, p in zip(names, ports, strict=True)},
+            "load_balancer": balancer.url if balancer else None,
         })
         print("\nThe cluster is up.")
         for name, port in zip(names, ports, strict=True):
             print(f"  {name}: http://127.0.0.1:{port}/   WebSocket ws://127.0.0.1:{port}/ws"
                   f"   health http://127.0.0.1:{port}/CAMServer/healthCheck")
+        if balancer:
+            print(f"  load balancer ({balancer.kind}): {balancer.url}/   WebSocket {balancer.ws_url}\n"
+                  f"    certificate to trust: {balancer.ca_file}\n"
+                  f"    curl --cacert {balancer.ca_file} {balancer.url}/CAMServer/healthCheck")
         print(admin_note)
         print(f"  logs: {logdir}\nPress Ctrl-C to stop.")
         while not stopping:
@@ -129,12 +159,34 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"camctl up failed: {exc}", file=sys.stderr)
         return 1
     finally:
+        if plan:
+            plan.stop()
         for p in reversed(procs):
             p.stop()
+        for sfu in sfus:
+            sfu.stop()
         if nats:
             nats.stop()
         if pg:
             pg.stop()
+
+
+def _video_plan(args: argparse.Namespace, settings: Settings, names: list[str],
+                root: Path) -> tuple[list[rig.Janus], dict[str, str]]:
+    """One local Janus per cam.videoDomains entry (default: one per node), unless the
+    configuration names Janus servers of its own (cam.videoServerUrls)."""
+    if args.no_video or settings.video_server_urls or rig.janus_binary() is None:
+        return [], {}
+    domains = [(d.name, d.capacity) for d in settings.video_domains] or [(n, 50) for n in names]
+    key = secrets.token_hex(12)
+    sfus = [rig.Janus(root / "janus", name, admin_key=key,
+                      rtp_range=(20000 + i * 1000, 20999 + i * 1000))
+            for i, (name, _) in enumerate(domains)]
+    return sfus, {
+        "CAM_VIDEO_DOMAINS": ";".join(f"{n}={c}" for n, c in domains),
+        "CAM_VIDEO_SERVER_URLS": ";".join(f"{s.name}={s.url}" for s in sfus),
+        "CAM_VIDEO_ADMIN_KEY": key,
+    }
 
 
 def _check(procs: list[rig.Proc]) -> None:
@@ -222,6 +274,8 @@ def cmd_sub(args: argparse.Namespace) -> int:
 
         async def show(msg: object) -> None:
             nonlocal count
+            if args.count and count >= args.count:
+                return  # more may arrive while the subscription closes
             data = msg.data  # type: ignore[attr-defined]
             try:
                 payload: object = json.loads(data)
@@ -245,6 +299,37 @@ def cmd_sub(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_video(args: argparse.Namespace) -> int:
+    """Operator view of the video servers: status, drain, enable, explain a placement."""
+    settings = _settings(args)
+    state_urls = _state(settings).get("nats_urls")
+    urls = [str(u) for u in state_urls] if isinstance(state_urls, list) and state_urls \
+        else list(settings.nats_urls)
+
+    async def run() -> object:
+        nc = await bus.connect(urls, "camctl-video", connect_deadline=5)
+        try:
+            if args.action == "explain":
+                if not args.target or not args.target.isdigit():
+                    raise CamError("explain needs a room id", "bad_request")
+                return await bus.call(nc, subjects.video_rpc("explain"),
+                                      wire.ConfExplain(room=int(args.target)))
+            if args.action in ("drain", "enable") and not args.target:
+                raise CamError(f"{args.action} needs a video server name", "bad_request")
+            return await bus.call(nc, subjects.video_rpc("admin"),
+                                  wire.VideoAdmin(action=args.action, server=args.target))
+        finally:
+            await nc.close()
+
+    try:
+        result = asyncio.run(run())
+    except CamError as exc:
+        print(f"camctl video {args.action}: {exc.message}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="camctl", description=__doc__)
     parser.add_argument("--config", help="boot.ini to read (default: $CAM_BOOT_INI, else defaults)")
@@ -258,6 +343,13 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--nats", type=int, default=2, help="number of NATS servers (default 2)")
     up.add_argument("--base-port", type=int, default=8080, help="port of camserver1 (default 8080)")
     up.add_argument("--pg-port", type=int, default=0, help="embedded PostgreSQL port (default: free)")
+    up.add_argument("--lb", choices=lb.KINDS, default=lb.DEFAULT_KIND,
+                    help="load balancer in front of the edges, HTTPS with a local CA (default caddy)")
+    up.add_argument("--no-lb", action="store_true", help="start no load balancer")
+    up.add_argument("--no-video", action="store_true",
+                    help="start no Janus video servers (by default one per node when installed)")
+    up.add_argument("--lb-port", type=int, default=0,
+                    help="HTTPS port of the load balancer (default 8443, or a free port if taken)")
     up.set_defaults(func=cmd_up)
 
     user = sub.add_parser("user", help="manage users").add_subparsers(dest="user_cmd", required=True)
@@ -270,6 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     user.add_parser("list", help="list users").set_defaults(func=cmd_user_list)
 
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+
+    v = sub.add_parser("video", help="video servers: status, drain NAME, enable NAME, explain ROOM")
+    v.add_argument("action", choices=["status", "drain", "enable", "explain"])
+    v.add_argument("target", nargs="?", help="server name (drain, enable) or room id (explain)")
+    v.set_defaults(func=cmd_video)
 
     s = sub.add_parser("sub", help="print bus messages, decoded (e.g. camctl sub 'cam.>')")
     s.add_argument("subject", nargs="?", default="cam.>")

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -23,6 +24,7 @@ from camcore.errors import CamError
 
 from .connection import Connection
 from .context import Edge
+from .forwarded import ForwardedMiddleware
 from .health import HealthProbe
 from .hub import Hub
 from .presence import PresenceAgent, PresenceWatch
@@ -186,10 +188,15 @@ def create_app(settings: Settings) -> Starlette:
         return JSONResponse({
             "node": settings.node_name,
             "hosts": [h.address for h in settings.cluster_hosts],
+            # Each server lists its own host first (cluster-spec.md section 3).
+            "own_host": settings.cluster_hosts[0].address if settings.cluster_hosts else None,
             "description": settings.cluster_hosts_desc,
             "server_url_domain": settings.server_url_domain,
             "load_balancer": settings.lb_in_front,
             "protocol": {"v": PROTOCOL_VERSION, "path": "/ws"},
+            # The caller as this edge sees it (behind cam.trustedProxies: the real client).
+            "client": {"address": request.client.host if request.client else None,
+                       "scheme": request.url.scheme},
         })
 
     async def websocket(ws: WebSocket) -> None:
@@ -213,7 +220,8 @@ def create_app(settings: Settings) -> Starlette:
         Route("/api/cluster/view", cluster_view, methods=["GET"]),
         WebSocketRoute("/ws", websocket),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[
+        Middleware(ForwardedMiddleware, trusted_proxies=settings.trusted_proxies)])
     app.state.cam = state
     return app
 
