@@ -6,7 +6,8 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: up test unit lint venv clean bench bench-presence
+.PHONY: up test unit lint venv clean bench bench-quick bench-setup bench-presence bench-loadgen \
+        bench-latency bench-fanout bench-pingpong bench-connections bench-persist
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +33,38 @@ clean:
 	rm -rf $(VENV) data .pytest_cache
 
 # Benchmarks are not tests: each runs our cluster and a baseline in the same run and
-# writes bench/results/<name>.json and .md.
+# writes bench/results/<name>.json and .md (docs/benchmarks.md). `make bench` installs
+# the peers and baselines (bench/setup.sh), then runs every scenario (about 8-10 min);
+# `make bench-quick` is a smoke run of each (under 2 min). ARGS passes options on.
+bench-setup: $(STAMP)
+	PY=$(PY) bash bench/setup.sh
+
+bench: bench-setup
+	$(PY) -m bench.run_all $(ARGS)
+
+bench-quick: bench-setup
+	$(PY) -m bench.run_all --quick $(ARGS)
+
 bench-presence: $(STAMP)
 	$(PY) -m bench.presence $(ARGS)
 
-bench: bench-presence
+bench-loadgen: bench-setup
+	$(PY) -m bench.loadgen $(ARGS)
+
+bench-latency: bench-setup
+	$(PY) -m bench.latency $(ARGS)
+
+bench-fanout: bench-setup
+	$(PY) -m bench.fanout $(ARGS)
+
+bench-pingpong: bench-setup
+	$(PY) -m bench.pingpong $(ARGS)
+
+bench-connections: bench-setup
+	$(PY) -m bench.connections $(ARGS)
+
+bench-persist: bench-setup
+	$(PY) -m bench.persist $(ARGS)
+
+bench-placement: $(STAMP)
+	$(PY) -m bench.placement $(ARGS)

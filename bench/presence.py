@@ -125,7 +125,7 @@ class Run:
             tasks.append(asyncio.create_task(self.op()))
         await asyncio.gather(*tasks)
         deadline = time.perf_counter() + 10
-        while self.expect and time.perf_counter() < deadline:
+        while self.expect and time.perf_counter() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
 
 
