@@ -109,20 +109,23 @@ class Cluster:
         wanted = [probes[k] for k in probes if any(n.startswith(k) for n in self.procs)]
 
         async def probe() -> None:
-            nc = await bus.connect(self.nats.urls, "test-readiness", connect_deadline=timeout)
-            try:
-                for subject, request in wanted:
-                    deadline = time.monotonic() + timeout
-                    while True:
-                        try:
-                            await bus.call(nc, subject, request, timeout=2)
-                            break
-                        except CamError:
-                            if time.monotonic() > deadline:
-                                raise
-                            await asyncio.sleep(0.05)
-            finally:
-                await nc.close()
+            # Through every NATS server: interest crosses routes asynchronously, so a
+            # service reachable from one server may not be from another yet.
+            for url in self.nats.urls:
+                nc = await bus.connect([url], "test-readiness", connect_deadline=timeout)
+                try:
+                    for subject, request in wanted:
+                        deadline = time.monotonic() + timeout
+                        while True:
+                            try:
+                                await bus.call(nc, subject, request, timeout=2)
+                                break
+                            except CamError:
+                                if time.monotonic() > deadline:
+                                    raise
+                                await asyncio.sleep(0.05)
+                finally:
+                    await nc.close()
 
         if wanted:
             with ThreadPoolExecutor(1) as pool:

@@ -18,6 +18,7 @@ from nats.aio.client import Client as NATS
 
 from camcore import errors, subjects, wire
 from camcore.errors import CamError, RequestError
+from camcore.service import ReplicaBase
 
 NOT_A_MEMBER = "not a member of this room (or no such room)"
 
@@ -46,7 +47,7 @@ _ROOM_SELECT = (
 )
 
 
-class ChatService:
+class ChatService(ReplicaBase):
     def __init__(self, pool: asyncpg.Pool, nc: NATS, *, max_message_chars: int) -> None:
         self.pool = pool
         self.nc = nc

@@ -11,25 +11,29 @@ the status they chose, except that ``invisible`` is shown as ``offline``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 import asyncpg
 from nats.aio.client import Client as NATS
 
 from camcore import subjects, wire
+from camcore.service import ReplicaBase
 
 log = logging.getLogger(__name__)
 
 _DEADLOCK_RETRIES = 5
 
 
-class PresenceService:
-    def __init__(self, pool: asyncpg.Pool, nc: NATS, *, node_timeout: float) -> None:
+class PresenceService(ReplicaBase):
+    def __init__(self, pool: asyncpg.Pool, nc: NATS, *, node_timeout: float,
+                 sweep_interval: float = 1.0) -> None:
         self.pool = pool
         self.nc = nc
         self.node_timeout = node_timeout
+        self.sweep_interval = sweep_interval
         self.published = 0
         self.swept_nodes = 0
 
@@ -42,6 +46,21 @@ class PresenceService:
             "set_status": (wire.SetStatus, self.set_status),
             "query": (wire.PresenceQuery, self.query),
         }
+
+    def background(self) -> list[Coroutine[Any, Any, None]]:
+        return [self._sweeper()]
+
+    def load(self) -> dict[str, float]:
+        return {"published": float(self.published), "swept_nodes": float(self.swept_nodes)}
+
+    async def _sweeper(self) -> None:
+        """Every replica sweeps; row locks make each silent node handled once."""
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            try:
+                await self.sweep()
+            except Exception as exc:  # noqa: BLE001 - the next round tries again
+                log.warning("sweep failed: %s", exc)
 
     # ------------------------------------------------------------ core
 

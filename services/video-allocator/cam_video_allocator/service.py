@@ -8,9 +8,11 @@ of an existing conference lock only that conference.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
+from collections.abc import Coroutine
 from typing import Any
 
 import asyncpg
@@ -19,6 +21,7 @@ from nats.aio.client import Client as NATS
 from camcore import errors, subjects, wire
 from camcore.config import Settings
 from camcore.errors import CamError, RequestError, Unavailable
+from camcore.service import ReplicaBase
 
 from .janus import Janus, JanusError
 from .placement import ServerLoad, place
@@ -39,7 +42,7 @@ SELECT s.name, s.capacity, s.admin_state, s.healthy,
 """
 
 
-class VideoAllocator:
+class VideoAllocator(ReplicaBase):
     def __init__(self, pool: asyncpg.Pool, nc: NATS, settings: Settings) -> None:
         self.pool = pool
         self.nc = nc
@@ -57,6 +60,21 @@ class VideoAllocator:
             "explain": (wire.ConfExplain, self.explain),
             "admin": (wire.VideoAdmin, self.admin),
         }
+
+    async def start(self) -> None:
+        await self.sync_servers()
+        await self.probe()
+
+    def background(self) -> list[Coroutine[Any, Any, None]]:
+        return [self._watch()]
+
+    def load(self) -> dict[str, float]:
+        return {"decisions": float(self.decisions)}
+
+    async def _watch(self) -> None:
+        while True:
+            await self.tick()
+            await asyncio.sleep(self.settings.video_probe_interval)
 
     async def close(self) -> None:
         for j in self.janus.values():

@@ -1,0 +1,90 @@
+"""The life of a bus service replica: connect, serve its queue group, heartbeat, stop.
+
+Chat, presence and the video allocator differ only in what they serve; this is the
+rest, written once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
+
+import asyncpg
+from nats.aio.client import Client as NATS
+
+from . import bus, db
+from .config import Settings
+from .errors import Unavailable
+from .runtime import wait_for_stop_signal
+
+log = logging.getLogger(__name__)
+
+
+class Replica(Protocol):
+    """What a service provides; everything else is run by ``serve_replica``."""
+
+    def handlers(self) -> dict[str, tuple[type[Any], Any]]: ...
+
+    async def start(self) -> None: ...
+
+    def background(self) -> list[Coroutine[Any, Any, None]]: ...
+
+    def load(self) -> dict[str, float]: ...
+
+    async def close(self) -> None: ...
+
+
+class ReplicaBase:
+    """Defaults for the optional parts of a ``Replica``."""
+
+    async def start(self) -> None:
+        """Work to do before serving (e.g. reading the configuration into the store)."""
+
+    def background(self) -> list[Coroutine[Any, Any, None]]:
+        return []
+
+    def load(self) -> dict[str, float]:
+        return {}
+
+    async def close(self) -> None:
+        """Release what the replica holds besides the pool and the bus."""
+
+
+def instance_name(settings: Settings) -> str:
+    return f"{settings.node_name[:40]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+async def serve_replica(settings: Settings, kind: str, prefix: str, queue: str,
+                        build: Callable[[asyncpg.Pool, NATS], Replica], *,
+                        pool_size: int = 10) -> None:
+    """Run one replica of a bus service until SIGTERM or SIGINT."""
+    if not settings.database_url:
+        raise Unavailable(f"cam.databaseUrl is not set; the {kind} service needs the database")
+    instance = instance_name(settings)
+    pool = await db.create_pool(settings.database_url, max_size=pool_size)
+    nc = await bus.connect(settings.nats_urls, f"{kind}:{instance}")
+    replica = build(pool, nc)
+    await replica.start()
+    rpc = bus.RpcServer(nc, prefix, queue, replica.handlers())
+    await rpc.start()
+    tasks = [asyncio.create_task(c) for c in replica.background()]
+    tasks.append(asyncio.create_task(bus.heartbeat_loop(
+        nc, kind, instance, settings.node_name, settings.heartbeat_interval,
+        lambda: {"served": float(rpc.served), **replica.load()})))
+    log.info("%s replica %s serving %s.*", kind, instance, prefix)
+    try:
+        await wait_for_stop_signal()
+    finally:
+        log.info("%s replica %s stopping", kind, instance)
+        for task in tasks:
+            task.cancel()
+        await rpc.stop()
+        with contextlib.suppress(Exception):
+            await nc.drain()
+        await replica.close()
+        await pool.close()
