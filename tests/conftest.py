@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from camclient import Client, login
 from camcore import accounts, bus, db, subjects, wire
 from camcore.errors import CamError
 from camctl import rig
@@ -143,6 +144,10 @@ class Cluster:
 
     def ws(self, name: str) -> str:
         return f"ws://127.0.0.1:{self.edge_ports[name]}/ws"
+
+    async def connect(self, node: str, user: tuple[str, str], **kw: Any) -> Client:
+        """Log ``user`` in on ``node`` and open an authenticated WebSocket there."""
+        return await Client.connect(self.ws(node), await login(self.http(node), *user), **kw)
 
     def stop(self) -> None:
         for proc in reversed(list(self.procs.values())):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
-import uuid
 from typing import Any
 
 import asyncpg
@@ -16,15 +15,10 @@ from camclient import Client, ClientError, login
 from tests.conftest import Cluster
 
 
-async def connect(cluster: Cluster, node: str, user: tuple[str, str]) -> Client:
-    token = await login(cluster.http(node), *user)
-    return await Client.connect(cluster.ws(node), token)
-
-
 async def test_message_sent_on_node1_reaches_member_on_node2(two_nodes: Cluster, make_user: Any):
     alice_u, bob_u = await make_user("alice"), await make_user("bob")
-    alice = await connect(two_nodes, "camserver1", alice_u)
-    bob = await connect(two_nodes, "camserver2", bob_u)
+    alice = await two_nodes.connect("camserver1", alice_u)
+    bob = await two_nodes.connect("camserver2", bob_u)
     assert alice.hello["node"] == "camserver1" and bob.hello["node"] == "camserver2"
 
     room = await alice.request("create_room", name="general", members=["bob"])
@@ -54,9 +48,9 @@ async def test_direct_room_is_one_per_pair_and_invites_reach_other_nodes(
     two_nodes: Cluster, make_user: Any
 ):
     a_u, b_u, c_u = await make_user(), await make_user(), await make_user()
-    a = await connect(two_nodes, "camserver1", a_u)
-    b = await connect(two_nodes, "camserver2", b_u)
-    c = await connect(two_nodes, "camserver2", c_u)
+    a = await two_nodes.connect("camserver1", a_u)
+    b = await two_nodes.connect("camserver2", b_u)
+    c = await two_nodes.connect("camserver2", c_u)
     direct = await a.request("open_direct", user=b_u[0])
     again = await b.request("open_direct", user=a_u[0])
     assert direct["id"] == again["id"] and direct["kind"] == "direct"
@@ -92,7 +86,7 @@ async def test_concurrent_sends_through_two_chat_replicas_get_gap_free_sequence(
     cluster.start_edge("camserver2", nats=1)
     cluster.wait_edges()
     users = [await make_user() for _ in range(4)]
-    clients = [await connect(cluster, "camserver1" if i % 2 else "camserver2", u)
+    clients = [await cluster.connect("camserver1" if i % 2 else "camserver2", u)
                for i, u in enumerate(users)]
     room = await clients[0].request("create_room", name="busy",
                                     members=[u[0] for u in users[1:]])
@@ -113,7 +107,7 @@ async def test_concurrent_sends_through_two_chat_replicas_get_gap_free_sequence(
     # A retried send (same client message id) is stored once, even through another node.
     first = await clients[0].send(room["id"], "exactly once", cid="retry-1")
     again = await clients[0].send(room["id"], "exactly once", cid="retry-1")
-    other = await connect(cluster, "camserver2", users[0])
+    other = await cluster.connect("camserver2", users[0])
     third = await other.send(room["id"], "exactly once", cid="retry-1")
     assert first["seq"] == again["seq"] == third["seq"] == 202
     count = await pool.fetchval("SELECT count(*) FROM messages WHERE cid = 'retry-1'")
@@ -137,8 +131,8 @@ async def test_concurrent_sends_through_two_chat_replicas_get_gap_free_sequence(
 
 async def test_non_member_cannot_read_send_or_subscribe(two_nodes: Cluster, make_user: Any):
     owner_u, outsider_u = await make_user(), await make_user()
-    owner = await connect(two_nodes, "camserver1", owner_u)
-    outsider = await connect(two_nodes, "camserver2", outsider_u)
+    owner = await two_nodes.connect("camserver1", owner_u)
+    outsider = await two_nodes.connect("camserver2", outsider_u)
     room = await owner.request("create_room", name="secret")
     await owner.send(room["id"], "classified")
 
@@ -179,9 +173,9 @@ async def test_edge_subscribes_only_to_rooms_with_a_local_member(
     cluster.start_edge("camserver2", nats=1)
     cluster.wait_edges()
     a_u, b_u, c_u = await make_user(), await make_user(), await make_user()
-    a = await connect(cluster, "camserver1", a_u)
-    b = await connect(cluster, "camserver1", b_u)
-    c = await connect(cluster, "camserver2", c_u)
+    a = await cluster.connect("camserver1", a_u)
+    b = await cluster.connect("camserver1", b_u)
+    c = await cluster.connect("camserver2", c_u)
     room = await a.request("create_room", name="local only", members=[b_u[0]])
     await b.next_event("room_added")
     await a.send(room["id"], "here")
@@ -245,15 +239,14 @@ async def test_websocket_accepts_the_session_cookie(two_nodes: Cluster, make_use
         await ws.send(json.dumps({"op": "auth", "id": 1}))
         reply = json.loads(await ws.recv())
         assert reply["op"] == "result" and reply["result"]["user"]["username"] == user[0]
-    _ = uuid
 
 
 async def test_subscribe_with_since_replays_missed_messages_on_another_node(
     two_nodes: Cluster, make_user: Any
 ):
     a_u, b_u = await make_user(), await make_user()
-    a = await connect(two_nodes, "camserver1", a_u)
-    b = await connect(two_nodes, "camserver1", b_u)
+    a = await two_nodes.connect("camserver1", a_u)
+    b = await two_nodes.connect("camserver1", b_u)
     room = await a.request("create_room", name="resume", members=[b_u[0]])
     await b.next_event("room_added")
     await a.send(room["id"], "seen")
@@ -261,7 +254,7 @@ async def test_subscribe_with_since_replays_missed_messages_on_another_node(
     await b.close()
     missed = [await a.send(room["id"], f"missed {i}") for i in range(4)]
 
-    b2 = await connect(two_nodes, "camserver2", b_u)
+    b2 = await two_nodes.connect("camserver2", b_u)
     result = await b2.request("subscribe", room=room["id"], since=seen["seq"])
     assert result["resync"] is False
     replayed = await b2.messages(room["id"], 4)

@@ -54,10 +54,6 @@ def video_cluster(cluster_factory: Any, sfus: dict[str, rig.Janus], capacity: st
     return c
 
 
-async def connect(cluster: Cluster, node: str, user: tuple[str, str]) -> Client:
-    return await Client.connect(cluster.ws(node), await login(cluster.http(node), *user))
-
-
 async def janus_rooms(sfu: rig.Janus) -> dict[int, Any]:
     j = Janus(sfu.url, admin_key=ADMIN_KEY)
     try:
@@ -78,8 +74,8 @@ async def test_users_on_two_nodes_meet_in_one_conference_and_signal_each_other(
 ):
     cluster = video_cluster(cluster_factory, sfus)
     alice_u, bob_u = await make_user(), await make_user()
-    alice = await connect(cluster, "camserver1", alice_u)
-    bob = await connect(cluster, "camserver2", bob_u)
+    alice = await cluster.connect("camserver1", alice_u)
+    bob = await cluster.connect("camserver2", bob_u)
     room = await room_with(alice, (bob, bob_u[0]))
 
     joined = await alice.request("conf_join", room=room)
@@ -123,8 +119,8 @@ async def test_a_non_member_cannot_join_or_signal(
 ):
     cluster = video_cluster(cluster_factory, sfus, allocators=1)
     a_u, x_u = await make_user(), await make_user()
-    a = await connect(cluster, "camserver1", a_u)
-    x = await connect(cluster, "camserver2", x_u)
+    a = await cluster.connect("camserver1", a_u)
+    x = await cluster.connect("camserver2", x_u)
     room = await a.request("create_room", name="private")
     for op, fields in [("conf_join", {}), ("conf_participants", {}), ("conf_explain", {})]:
         with pytest.raises(ClientError) as exc:
@@ -142,7 +138,7 @@ async def test_concurrent_joins_get_one_server_per_room_and_never_overshoot(
 ):
     cluster = video_cluster(cluster_factory, sfus, capacity="10,10,1000", allocators=2)
     users = [await make_user() for _ in range(5)]
-    owner = await connect(cluster, "camserver1", users[0])
+    owner = await cluster.connect("camserver1", users[0])
     rooms = []
     for i in range(20):
         r = await owner.request("create_room", name=f"r{i}", members=[u[0] for u in users[1:]])
@@ -178,8 +174,8 @@ async def test_killed_sfu_moves_its_conferences_and_tells_participants(
 ):
     cluster = video_cluster(cluster_factory, sfus, allocators=2)
     alice_u, bob_u = await make_user(), await make_user()
-    alice = await connect(cluster, "camserver1", alice_u)
-    bob = await connect(cluster, "camserver2", bob_u)
+    alice = await cluster.connect("camserver1", alice_u)
+    bob = await cluster.connect("camserver2", bob_u)
     room = await room_with(alice, (bob, bob_u[0]))
     first = (await alice.request("conf_join", room=room))["conference"]
     await bob.request("conf_join", room=room)
@@ -203,8 +199,8 @@ async def test_drained_server_takes_no_new_rooms_but_keeps_its_own(
 ):
     cluster = video_cluster(cluster_factory, sfus, allocators=1)
     a_u, b_u = await make_user(), await make_user()
-    a = await connect(cluster, "camserver1", a_u)
-    b = await connect(cluster, "camserver2", b_u)
+    a = await cluster.connect("camserver1", a_u)
+    b = await cluster.connect("camserver2", b_u)
     r1 = await room_with(a, (b, b_u[0]))
     r2 = await room_with(a, (b, b_u[0]))
     r3 = await room_with(a, (b, b_u[0]))
@@ -236,7 +232,7 @@ async def test_reconciliation_corrects_drift_against_what_the_sfus_report(
 ):
     cluster = video_cluster(cluster_factory, sfus, allocators=1)
     a_u = await make_user()
-    a = await connect(cluster, "camserver1", a_u)
+    a = await cluster.connect("camserver1", a_u)
     room = (await a.request("create_room", name="r"))["id"]
     conf = (await a.request("conf_join", room=room))["conference"]
     v1 = Janus(sfus["v1"].url, admin_key=ADMIN_KEY)
@@ -262,7 +258,6 @@ async def test_reconciliation_corrects_drift_against_what_the_sfus_report(
     finally:
         await v1.close()
         await v2.close()
-    _ = json
     await a.close()
 
 

@@ -10,13 +10,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from camclient import Client, ClientError, login
+from camclient import ClientError
 from camctl import rig
 from tests.conftest import Cluster
-
-
-async def connect(cluster: Cluster, node: str, user: tuple[str, str], **kw: Any) -> Client:
-    return await Client.connect(cluster.ws(node), await login(cluster.http(node), *user), **kw)
 
 
 async def commit_without_publish(pool: asyncpg.Pool, room: int, sender: int, body: str) -> int:
@@ -42,8 +38,8 @@ async def test_message_committed_but_never_published_still_reaches_online_member
 ):
     cluster = cluster_with(cluster_factory, CAM_REPAIR_INTERVAL="1.0")
     a_u, b_u = await make_user(), await make_user()
-    a = await connect(cluster, "camserver1", a_u)
-    b = await connect(cluster, "camserver2", b_u)
+    a = await cluster.connect("camserver1", a_u)
+    b = await cluster.connect("camserver2", b_u)
     room = await a.request("create_room", name="r", members=[b_u[0]])
     await b.next_event("room_added")
     seq = await commit_without_publish(pool, room["id"], a.user["id"], "stranded")
@@ -61,8 +57,8 @@ async def test_a_sequence_jump_on_the_live_stream_is_filled_from_the_store_in_or
     # A repair interval far longer than the test: only gap detection can fill the hole.
     cluster = cluster_with(cluster_factory, CAM_REPAIR_INTERVAL="60")
     a_u, b_u = await make_user(), await make_user()
-    a = await connect(cluster, "camserver1", a_u)
-    b = await connect(cluster, "camserver2", b_u)
+    a = await cluster.connect("camserver1", a_u)
+    b = await cluster.connect("camserver2", b_u)
     room = await a.request("create_room", name="r", members=[b_u[0]])
     await b.next_event("room_added")
     lost = [await commit_without_publish(pool, room["id"], a.user["id"], f"lost {i}")
@@ -92,7 +88,7 @@ async def test_sends_fail_loudly_while_the_database_is_down_and_retry_stores_onc
         cluster.start_chat()
         cluster.start_edge("camserver1")
         cluster.wait_edges()
-        alice = await connect(cluster, "camserver1", ("alice", "alice-password"))
+        alice = await cluster.connect("camserver1", ("alice", "alice-password"))
         room = await alice.request("create_room", name="r")
         pg.stop("immediate")
         with pytest.raises(ClientError) as exc:
@@ -118,7 +114,7 @@ async def test_sends_fail_loudly_while_the_database_is_down_and_retry_stores_onc
 
 
 async def test_sends_fail_loudly_while_the_bus_is_down(two_nodes: Cluster, make_user: Any):
-    alice = await connect(two_nodes, "camserver1", await make_user())
+    alice = await two_nodes.connect("camserver1", await make_user())
     room = await alice.request("create_room", name="r")
     for proc in two_nodes.nats.procs:
         proc.kill()
@@ -143,12 +139,12 @@ async def test_resume_with_too_large_a_gap_asks_the_client_to_page(
     two_nodes: Cluster, make_user: Any, pool: asyncpg.Pool
 ):
     a_u, b_u = await make_user(), await make_user()
-    a = await connect(two_nodes, "camserver1", a_u)
+    a = await two_nodes.connect("camserver1", a_u)
     room = await a.request("create_room", name="big", members=[b_u[0]])
     await pool.execute(
         "SELECT cam_post_message($1, $2, 'bulk-' || g, 'text', 'm' || g)"
         " FROM generate_series(1, 1100) g", room["id"], a.user["id"])
-    b = await connect(two_nodes, "camserver2", b_u, resume={room["id"]: 1})
+    b = await two_nodes.connect("camserver2", b_u, resume={room["id"]: 1})
     assert b.resync == [room["id"]]
     # Live delivery continues from the head; nothing was replayed.
     ack = await a.send(room["id"], "fresh")
@@ -157,7 +153,7 @@ async def test_resume_with_too_large_a_gap_asks_the_client_to_page(
     # A small gap is replayed exactly.
     await b.close()
     more = [await a.send(room["id"], f"m{i}") for i in range(3)]
-    b = await connect(two_nodes, "camserver2", b_u, resume={room["id"]: ack["seq"]})
+    b = await two_nodes.connect("camserver2", b_u, resume={room["id"]: ack["seq"]})
     assert b.resync == []
     got = await b.messages(room["id"], 3)
     assert [m["seq"] for m in got] == [m["seq"] for m in more]
@@ -169,7 +165,7 @@ async def test_sigterm_drains_health_first_then_closes_clients_with_4002(
     cluster_factory: Any, make_user: Any
 ):
     cluster = cluster_with(cluster_factory, CAM_DRAIN_SECONDS="1.5")
-    alice = await connect(cluster, "camserver1", await make_user())
+    alice = await cluster.connect("camserver1", await make_user())
     edge = cluster.procs["camserver1"]
     edge.signal(15)
     # First the health check turns 503 while the client is still connected...

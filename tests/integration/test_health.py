@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -70,4 +69,3 @@ def test_a_bad_config_value_stops_start_up_with_one_clear_line(tmp_path: Path):
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1, r.stderr
         assert "cam.videoDomains" in lines[0] and "fifty" in lines[0] and "expected" in lines[0]
-    _ = uuid

@@ -10,16 +10,10 @@ import time
 from typing import Any
 
 from camclient import Client, login
-from camctl import rig
 from tests.conftest import Cluster
 
 NODE_TIMEOUT = 2.0  # what the test cluster is configured with (tests/conftest.py)
 BOUND = NODE_TIMEOUT + 3.0  # deadline for a functional outcome, not a performance goal
-
-
-async def connect(cluster: Cluster, node: str, user: tuple[str, str]) -> Client:
-    token = await login(cluster.http(node), *user)
-    return await Client.connect(cluster.ws(node), token)
 
 
 async def status_of(watcher: Client, user_id: int, want: str, timeout: float = BOUND) -> float:
@@ -44,12 +38,12 @@ async def test_status_changes_of_a_user_on_node1_reach_a_watcher_on_node2(
     two_nodes: Cluster, make_user: Any
 ):
     alice_u, bob_u = await make_user("alice"), await make_user("bob")
-    bob = await connect(two_nodes, "camserver2", bob_u)
+    bob = await two_nodes.connect("camserver2", bob_u)
     directory = await bob.request("directory")
     alice_id = next(u["id"] for u in directory["users"] if u["username"] == "alice")
     assert (await watch(bob, alice_id))[alice_id] == "offline"
 
-    alice = await connect(two_nodes, "camserver1", alice_u)
+    alice = await two_nodes.connect("camserver1", alice_u)
     await status_of(bob, alice_id, "online")
     # Alice watches Bob too: the snapshot says online.
     assert (await watch(alice, bob.user["id"]))[bob.user["id"]] == "online"
@@ -65,7 +59,7 @@ async def test_status_changes_of_a_user_on_node1_reach_a_watcher_on_node2(
     await status_of(bob, alice_id, "busy")
     await alice.close()
     await status_of(bob, alice_id, "offline")
-    alice = await connect(two_nodes, "camserver2", alice_u)
+    alice = await two_nodes.connect("camserver2", alice_u)
     await status_of(bob, alice_id, "busy")
     await alice.close()
     await status_of(bob, alice_id, "offline")
@@ -76,9 +70,9 @@ async def test_user_with_sessions_on_both_nodes_stays_online_when_one_closes(
     two_nodes: Cluster, make_user: Any
 ):
     alice_u, bob_u = await make_user(), await make_user()
-    bob = await connect(two_nodes, "camserver2", bob_u)
-    a1 = await connect(two_nodes, "camserver1", alice_u)
-    a2 = await connect(two_nodes, "camserver2", alice_u)
+    bob = await two_nodes.connect("camserver2", bob_u)
+    a1 = await two_nodes.connect("camserver1", alice_u)
+    a2 = await two_nodes.connect("camserver2", alice_u)
     alice_id = a1.user["id"]
     await watch(bob, alice_id)
     await status_of(bob, alice_id, "online")
@@ -89,7 +83,7 @@ async def test_user_with_sessions_on_both_nodes_stays_online_when_one_closes(
     except TimeoutError:
         event = None
     assert event is None, event
-    fresh = await connect(two_nodes, "camserver1", bob_u)
+    fresh = await two_nodes.connect("camserver1", bob_u)
     assert (await watch(fresh, alice_id))[alice_id] == "online"
     await a2.close()
     await status_of(bob, alice_id, "offline")
@@ -100,8 +94,8 @@ async def test_user_with_sessions_on_both_nodes_stays_online_when_one_closes(
 
 async def test_typing_indicator_crosses_nodes(two_nodes: Cluster, make_user: Any):
     a_u, b_u = await make_user(), await make_user()
-    a = await connect(two_nodes, "camserver1", a_u)
-    b = await connect(two_nodes, "camserver2", b_u)
+    a = await two_nodes.connect("camserver1", a_u)
+    b = await two_nodes.connect("camserver2", b_u)
     room = await a.request("create_room", name="t", members=[b_u[0]])
     await b.next_event("room_added")
     await asyncio.sleep(0.2)  # let node 2 subscribe to the room before the ephemeral event
@@ -116,8 +110,8 @@ async def test_killed_node_users_go_offline_and_come_back_on_another_node(
     two_nodes: Cluster, make_user: Any
 ):
     alice_u, bob_u = await make_user(), await make_user()
-    bob = await connect(two_nodes, "camserver2", bob_u)
-    alice = await connect(two_nodes, "camserver1", alice_u)
+    bob = await two_nodes.connect("camserver2", bob_u)
+    alice = await two_nodes.connect("camserver1", alice_u)
     alice_id = alice.user["id"]
     await watch(bob, alice_id)
     await status_of(bob, alice_id, "online")
@@ -126,7 +120,7 @@ async def test_killed_node_users_go_offline_and_come_back_on_another_node(
     took = await status_of(bob, alice_id, "offline")
     print(f"offline seen {took:.2f}s after kill -9 (node timeout {NODE_TIMEOUT}s)")
 
-    alice = await connect(two_nodes, "camserver2", alice_u)
+    alice = await two_nodes.connect("camserver2", alice_u)
     await status_of(bob, alice_id, "online")
     await alice.close()
     await bob.close()
@@ -136,9 +130,9 @@ async def test_stopped_node_is_swept_then_reregisters_only_live_sessions(
     two_nodes: Cluster, make_user: Any
 ):
     alice_u, carol_u, bob_u = await make_user(), await make_user(), await make_user()
-    bob = await connect(two_nodes, "camserver2", bob_u)
-    alice = await connect(two_nodes, "camserver1", alice_u)
-    carol = await connect(two_nodes, "camserver1", carol_u)
+    bob = await two_nodes.connect("camserver2", bob_u)
+    alice = await two_nodes.connect("camserver1", alice_u)
+    carol = await two_nodes.connect("camserver1", carol_u)
     ids = alice.user["id"], carol.user["id"]
     await watch(bob, *ids)
     for uid in ids:
@@ -164,8 +158,8 @@ async def test_stopped_node_is_swept_then_reregisters_only_live_sessions(
 
 async def test_graceful_shutdown_deregisters_at_once(two_nodes: Cluster, make_user: Any):
     alice_u, bob_u = await make_user(), await make_user()
-    bob = await connect(two_nodes, "camserver2", bob_u)
-    alice = await connect(two_nodes, "camserver1", alice_u)
+    bob = await two_nodes.connect("camserver2", bob_u)
+    alice = await two_nodes.connect("camserver1", alice_u)
     await watch(bob, alice.user["id"])
     await status_of(bob, alice.user["id"], "online")
     await asyncio.to_thread(two_nodes.procs["camserver1"].stop)
@@ -230,7 +224,7 @@ async def churn_setup(cluster: Cluster, make_user: Any, n: int = 12) -> tuple[An
     users = [await make_user() for _ in range(n)]
     tokens = {u[0]: await login(cluster.http("camserver1"), *u) for u in users}
     watcher_u = await make_user()
-    watchers = [await connect(cluster, node, watcher_u) for node in ("camserver1", "camserver2")]
+    watchers = [await cluster.connect(node, watcher_u) for node in ("camserver1", "camserver2")]
     directory = await watchers[0].request("directory", limit=200)
     ids = {u["username"]: u["id"] for u in directory["users"]}
     for w in watchers:
@@ -301,4 +295,3 @@ async def test_presence_restart_and_nats_server_restart_mid_churn_converge(
     await assert_converges(churn, watchers, ids)
     for w in watchers:
         await w.close()
-    _ = rig
