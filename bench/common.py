@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import timedelta
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -132,20 +131,7 @@ class BenchCluster:
 
     async def make_users(self, n: int, prefix: str = "b") -> list[tuple[int, str]]:
         """``n`` users with one session token each (hashing once, inserting in bulk)."""
-        pool = await db.create_pool(self.dsn, max_size=2)
-        try:
-            pw_hash = accounts._hasher.hash(secrets.token_hex(8))
-            rows = await pool.fetch(
-                "INSERT INTO users (username, display_name, password_hash)"
-                " SELECT $1 || g, $1 || g, $2 FROM generate_series(1, $3) g RETURNING id",
-                prefix, pw_hash, n)
-            out = []
-            for r in rows:
-                token = await accounts.create_session(pool, r["id"], timedelta(hours=1))
-                out.append((r["id"], token))
-            return out
-        finally:
-            await pool.close()
+        return await self.make_users_fast(n, prefix)
 
     async def pool(self) -> asyncpg.Pool:
         return await db.create_pool(self.dsn, max_size=4)
