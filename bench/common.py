@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -142,6 +143,15 @@ class BenchCluster:
         self.nats.stop()
         self.pg.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def scenario_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """The command line every scenario shares: ``--quick`` and ``--no-profile``."""
+    parser = argparse.ArgumentParser(prog=f"bench.{name}", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short smoke run")
+    parser.add_argument("--no-profile", dest="profile", action="store_false")
+    return parser
 
 
 def percentile(values: list[float], p: float) -> float:

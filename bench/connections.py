@@ -24,7 +24,7 @@ from typing import Any
 import psutil
 
 from . import profiling
-from .common import BenchCluster, CpuMeter, rss_bytes, versions, write_report
+from .common import BenchCluster, CpuMeter, rss_bytes, scenario_parser, versions, write_report
 from .loadgen import close_all, connect_many, run
 
 TARGET_KIB = 30.0
@@ -118,12 +118,9 @@ Profile of the edge while connecting:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="bench.connections", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = scenario_parser("connections", __doc__)
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--idle-seconds", type=float, default=5.0)
-    parser.add_argument("--quick", action="store_true", help="short smoke run")
-    parser.add_argument("--no-profile", dest="profile", action="store_false")
     parser.add_argument("--no-what-if", dest="what_if", action="store_false",
                         help="skip the extra run of the edge with permessage-deflate off")
     args = parser.parse_args()

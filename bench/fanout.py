@@ -35,6 +35,7 @@ from .common import (
     CpuMeter,
     percentile,
     pin_tree,
+    scenario_parser,
     versions,
     write_report,
 )
@@ -278,13 +279,10 @@ Profile of our edges at {prof.get("rate", "-")} msg/s:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="bench.fanout", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = scenario_parser("fanout", __doc__)
     parser.add_argument("--members", type=int, default=1000)
     parser.add_argument("--rates", type=float, nargs="+", default=[2, 5, 10, 20, 30, 40, 60, 80, 120])
     parser.add_argument("--step-seconds", type=float, default=5.0)
-    parser.add_argument("--quick", action="store_true", help="short smoke run")
-    parser.add_argument("--no-profile", dest="profile", action="store_false")
     parser.add_argument("--no-what-if", dest="what_if", action="store_false",
                         help="skip the extra run of our edges with permessage-deflate off")
     args = parser.parse_args()

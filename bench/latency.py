@@ -30,7 +30,7 @@ from camclient import ClientError
 from camcore import bus, subjects, wire
 
 from . import plots, profiling
-from .common import BenchCluster, CpuMeter, percentile, versions, write_report
+from .common import BenchCluster, CpuMeter, percentile, scenario_parser, versions, write_report
 from .loadgen import close_all, connect_many, paced, run
 
 P99_BOUND_MS = 200.0
@@ -275,13 +275,10 @@ Profile at {prof.get("rate", "-")} msg/s:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="bench.latency", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = scenario_parser("latency", __doc__)
     parser.add_argument("--rates", type=float, nargs="+", default=[10, 25, 50, 100, 200, 300, 400, 600])
     parser.add_argument("--step-seconds", type=float, default=5.0)
     parser.add_argument("--floor-samples", type=int, default=300)
-    parser.add_argument("--quick", action="store_true", help="short smoke run")
-    parser.add_argument("--no-profile", dest="profile", action="store_false")
     args = parser.parse_args()
     if args.quick:
         args.rates, args.step_seconds, args.floor_samples = [10, 100], 1.5, 100

@@ -34,7 +34,7 @@ import nats
 from camcore import bus, db, subjects, wire
 
 from . import profiling
-from .common import BenchCluster, CpuMeter, percentile, versions, write_report
+from .common import BenchCluster, CpuMeter, percentile, scenario_parser, versions, write_report
 from .loadgen import close_all, connect_many, run
 
 TARGET = 0.5
@@ -172,12 +172,9 @@ Profile of the chat replica under the bus load:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="bench.persist", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = scenario_parser("persist", __doc__)
     parser.add_argument("--workers", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--quick", action="store_true", help="short smoke run")
-    parser.add_argument("--no-profile", dest="profile", action="store_false")
     args = parser.parse_args()
     if args.quick:
         args.seconds = 1.5

@@ -20,7 +20,7 @@ from typing import Any
 from camclient import Client
 
 from . import profiling
-from .common import BenchCluster, CpuMeter, percentile, versions, write_report
+from .common import BenchCluster, CpuMeter, percentile, scenario_parser, versions, write_report
 from .loadgen import EchoServer, echo_round_trips, run
 
 TARGET = 0.5
@@ -101,11 +101,8 @@ Profile of the edge during the ping loop:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="bench.pingpong", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = scenario_parser("pingpong", __doc__)
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--quick", action="store_true", help="short smoke run")
-    parser.add_argument("--no-profile", dest="profile", action="store_false")
     args = parser.parse_args()
     if args.quick:
         args.seconds = 1.5
