@@ -9,12 +9,17 @@ expected.
 
 from __future__ import annotations
 
+import argparse
+import difflib
 import ipaddress
+import logging
 import math
 import os
 import re
 import socket
-from collections.abc import Callable, Mapping
+import sys
+import textwrap
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Final
@@ -25,6 +30,15 @@ DEFAULT_HOST_PORT: Final = 443
 
 BOOT_INI_ENV: Final = "CAM_BOOT_INI"
 """Environment variable naming the boot.ini to read when no path is given."""
+
+OTHER_CAM_ENV: Final = frozenset({BOOT_INI_ENV, "CAM_LOG_LEVEL", "CAM_DEPLOY_DIR",
+                                  "CAM_PUBLIC_HOST", "CAM_HTTPS_PORT"})
+"""CAM_* variables that are not configuration keys (read by other parts or by compose)."""
+
+OTHER_CAM_ENV_PREFIXES: Final = ("CAM_LB_",)
+"""Prefixes of CAM_* variables read by the load balancer configs (deploy/caddy)."""
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(Exception):
@@ -431,6 +445,12 @@ class ConfigKey:
     """Typed value -> raw text that parses back to the same value."""
     default_factory: Callable[[], str] | None = None
     """Computes the raw default at load time (then ``default`` only documents it)."""
+    spec: bool = False
+    """A key of cluster-spec.md section 3 (set in deploy/boot.ini.example, not commented)."""
+    example: str | None = None
+    """Value written in deploy/boot.ini.example; None writes the default."""
+    note: str = ""
+    """More advice for deploy/boot.ini.example, after the description."""
 
     def raw_default(self) -> str:
         """The raw default value to parse when nothing sets the key."""
@@ -446,6 +466,9 @@ KEYS: Final[tuple[ConfigKey, ...]] = (
         description="Every server's host, ';'-separated, own host first; no :port means 443.",
         parse=_cluster_hosts,
         format=_hosts_text,
+        spec=True,
+        example="camserver1;camserver2",
+        note="Behind an L7 load balancer on port 8080: camserver1:8080;camserver2:8080.",
     ),
     ConfigKey(
         ini="cam.clusterHostsDesc",
@@ -454,6 +477,8 @@ KEYS: Final[tuple[ConfigKey, ...]] = (
         default="",
         description="Free-text description of the cluster shown to administrators.",
         parse=_text,
+        spec=True,
+        example="camserver1 is the main server, camserver2 is the standby server.",
     ),
     ConfigKey(
         ini="cam.serverDatePath",
@@ -462,6 +487,9 @@ KEYS: Final[tuple[ConfigKey, ...]] = (
         default="./data",
         description="Shared data root (attachments; embedded Postgres data when no database URL).",
         parse=_non_empty,
+        spec=True,
+        example="\\\\disk\\CAMServer\\data",
+        note="On Linux e.g. /srv/cam/data.",
     ),
     ConfigKey(
         ini="cam.disableLANNetwork",
@@ -471,6 +499,7 @@ KEYS: Final[tuple[ConfigKey, ...]] = (
         description="Disable serverless LAN mode (not needed in a cluster).",
         parse=_bool,
         format=_bool_text,
+        spec=True,
     ),
     ConfigKey(
         ini="cam.videoDomains",
@@ -480,6 +509,9 @@ KEYS: Final[tuple[ConfigKey, ...]] = (
         description="Video servers in order of use with target participants: 'a=50;b=50'.",
         parse=_video_domains,
         format=_video_text,
+        spec=True,
+        example="camserver1=50;camserver2=50;camserver3=50",
+        note="Servers are filled in the listed order.",
     ),
     ConfigKey(
         ini="cam.serverURLDomain",
@@ -488,15 +520,18 @@ KEYS: Final[tuple[ConfigKey, ...]] = (
         default="",
         description="Public URL/domain; not a cluster host means a load balancer.",
         parse=_server_url_domain,
+        spec=True,
+        note="E.g. https://chat.example.com; the load balancer then owns failover.",
     ),
     ConfigKey(
         ini="cam.nodeName",
         env="CAM_NODE_NAME",
         field="node_name",
-        default="(short host name)",
+        default="the short host name",
         description="Name of this node on the bus (letters, digits, '_', '-').",
         parse=_node_name,
         default_factory=_default_node_name,
+        example="camserver1",
     ),
     ConfigKey(
         ini="cam.natsUrl",
@@ -506,14 +541,18 @@ KEYS: Final[tuple[ConfigKey, ...]] = (
         description="NATS server URLs, ','-separated (nats://, tls://, ws://, wss://).",
         parse=_nats_urls,
         format=_join(","),
+        note="List this node's own bus server first.",
     ),
     ConfigKey(
         ini="cam.databaseUrl",
         env="CAM_DATABASE_URL",
         field="database_url",
         default="",
-        description="Postgres URL; empty runs an embedded Postgres under cam.serverDatePath.",
+        description="Postgres URL; empty: camctl up runs an embedded Postgres under "
+        "cam.serverDatePath.",
         parse=_database_url,
+        note="E.g. postgresql://cam:secret@dbhost:5432/cam. A server started on its own "
+        "(cam-edge, cam-chat, ...) needs it.",
     ),
     ConfigKey(
         ini="cam.httpHost",
@@ -539,6 +578,7 @@ KEYS: Final[tuple[ConfigKey, ...]] = (
         description="Browser origins allowed to open a WebSocket, ';'-separated, or '*'.",
         parse=_allowed_origins,
         format=_join(";"),
+        note="Same-origin pages are always allowed.",
     ),
     ConfigKey(
         ini="cam.maxFrameBytes",
@@ -679,6 +719,8 @@ KEYS: Final[tuple[ConfigKey, ...]] = (
 )
 
 _BY_INI: Final[dict[str, ConfigKey]] = {key.ini: key for key in KEYS}
+_BY_ENV: Final[dict[str, ConfigKey]] = {key.env: key for key in KEYS}
+_ENV_NAME: Final = re.compile(r"^CAM_[A-Z0-9_]+$")
 
 
 # --------------------------------------------------------------------------- settings
@@ -716,6 +758,7 @@ class Settings:
     video_probe_interval: float
     trusted_proxies: tuple[str, ...]
     unknown_keys: tuple[str, ...]
+    """boot.ini keys and CAM_* environment variables that name no key (warned, ignored)."""
     source: str
 
     def video_url(self, name: str) -> str:
@@ -791,6 +834,14 @@ def load_settings(
                 raw[name] = (value, f"{file_path} line {line}")
             else:
                 unknown.append(name)
+        if unknown:
+            log.warning("%s: unknown keys ignored: %s", file_path,
+                        ", ".join(_with_hint(name, _BY_INI) for name in unknown))
+    unknown_env = unknown_env_keys(env)
+    if unknown_env:
+        log.warning("unknown CAM_* environment variables ignored: %s",
+                    ", ".join(_with_hint(name, _BY_ENV) for name in unknown_env))
+        unknown.extend(unknown_env)
     for key in KEYS:
         if key.env in env:
             raw[key.ini] = (env[key.env].strip(), f"environment variable {key.env}")
@@ -825,7 +876,110 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return {key.env: key.format(getattr(settings, key.field)) for key in KEYS}
 
 
+def unknown_env_keys(environ: Mapping[str, str]) -> list[str]:
+    """CAM_* variables in ``environ`` that look like a configuration key but name none.
+
+    Those of :data:`OTHER_CAM_ENV` (and ``CAM_LB_*``) belong to other parts and are not
+    reported; a misspelt key (``CAM_NATS_URLS``) is.
+    """
+    return sorted(
+        name for name in environ
+        if _ENV_NAME.match(name) and name not in _BY_ENV and name not in OTHER_CAM_ENV
+        and not name.startswith(OTHER_CAM_ENV_PREFIXES)
+    )
+
+
+def _with_hint(name: str, known: Mapping[str, ConfigKey]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.8)
+    return f"{name} (did you mean {close[0]}?)" if close else name
+
+
+def require_database_url(settings: Settings, needed_by: str) -> str:
+    """cam.databaseUrl, or a :class:`ConfigError` when it is empty.
+
+    Only ``camctl up`` runs an embedded PostgreSQL; a server started on its own needs
+    the URL, and an empty one must stop it with the usual one-line config error.
+    """
+    if settings.database_url:
+        return settings.database_url
+    raise ConfigError(
+        "cam.databaseUrl",
+        "",
+        f"a postgres:// or postgresql:// URL ({needed_by} needs the database; "
+        "set cam.databaseUrl or CAM_DATABASE_URL)",
+        settings.source or "default",
+    )
+
+
+# --------------------------------------------------------------------------- boot.ini.example
+
+EXAMPLE_HEADER: Final = """\
+# boot.ini: configuration of one server (node) of the cluster.
+#
+# Generated from camcore/config.py (KEYS) by `python -m camcore.config --example`;
+# edit the table there, not this file.
+#
+# Every server in the cluster carries the same keys: key=value lines, '#' comments,
+# UTF-8 values (Japanese text is fine), Windows paths with backslashes kept as written.
+# Servers read it with --config PATH or $CAM_BOOT_INI. Each key's CAM_* environment
+# variable (named in its comment) overrides the file. A bad value stops start-up with
+# one line naming the key, the value and what was expected; an unknown key is ignored
+# with a warning that names it.
+#
+# The keys of the cluster specification (cluster-spec.md section 3) are set to the
+# specification's example. Our own keys follow, commented out at their defaults.
+"""
+
+_EXAMPLE_WIDTH: Final = 88
+
+
+def _example_block(key: ConfigKey) -> list[str]:
+    text = f"{key.description} {key.note}".strip()
+    lines = textwrap.wrap(text, _EXAMPLE_WIDTH - 2, break_long_words=False,
+                          break_on_hyphens=False)
+    lines.append(f"Default: {key.default or 'empty'}. Env: {key.env}.")
+    value = key.default if key.example is None else key.example
+    setting = f"{key.ini}={value}"
+    return [f"# {line}" for line in lines] + [setting if key.spec else f"#{setting}"]
+
+
+def render_example() -> str:
+    """The text of deploy/boot.ini.example: every key of :data:`KEYS`, in order."""
+    out = [EXAMPLE_HEADER]
+    for title, spec in (("cluster-spec.md keys", True), ("our own keys", False)):
+        out.append(f"# {'-' * 60} {title}\n")
+        for key in KEYS:
+            if key.spec == spec:
+                out.append("\n".join(_example_block(key)) + "\n")
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m camcore.config``: print deploy/boot.ini.example, or check a boot.ini."""
+    parser = argparse.ArgumentParser(prog="python -m camcore.config")
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--example", action="store_true",
+                        help="print deploy/boot.ini.example, generated from the key table")
+    action.add_argument("--check", metavar="BOOT_INI",
+                        help="load BOOT_INI plus the CAM_* environment and report errors")
+    args = parser.parse_args(argv)
+    if args.example:
+        sys.stdout.write(render_example())
+        return 0
+    logging.basicConfig(format="%(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        load_settings(args.check)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    return 0
+
+
 # Catch a KEYS/Settings mismatch at import time rather than at the first load.
 assert {key.field for key in KEYS} | {"unknown_keys", "source"} == {
     f.name for f in fields(Settings)
 }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,8 +19,13 @@ from camcore.config import (
     VideoDomain,
     load_settings,
     parse_boot_ini,
+    render_example,
+    require_database_url,
     settings_env,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "deploy" / "boot.ini.example"
 
 # cluster-spec.md section 3, verbatim, plus a Japanese description.
 SPEC_EXAMPLE = """\
@@ -153,10 +161,60 @@ def test_a_duplicate_key_takes_the_last_value(tmp_path: Path) -> None:
     assert settings.http_port == 2000
 
 
-def test_unknown_keys_are_kept_for_a_warning_not_an_error(tmp_path: Path) -> None:
-    settings = load_text(tmp_path, "cam.someOtherProductKey=1\ncam.nodeName=n1\nfoo.bar=x\n")
-    assert settings.unknown_keys == ("cam.someOtherProductKey", "foo.bar")
+def config_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "camcore.config" and r.levelno == logging.WARNING]
+
+
+def test_unknown_keys_are_kept_for_a_warning_not_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "camcore.config")
+    text = "cam.someOtherProductKey=1\ncam.nodeName=n1\nfoo.bar=x\ncam.natsUrls=nats://h:1\n"
+    settings = load_text(tmp_path, text)
+    assert settings.unknown_keys == ("cam.someOtherProductKey", "foo.bar", "cam.natsUrls")
     assert settings.node_name == "n1"
+    assert settings.nats_urls == ("nats://127.0.0.1:4222",)  # the misspelt key is not used
+    [warning] = config_warnings(caplog)
+    assert str(tmp_path / "boot.ini") in warning
+    assert "unknown keys ignored" in warning
+    assert "cam.someOtherProductKey" in warning and "foo.bar" in warning
+    assert "cam.natsUrls (did you mean cam.natsUrl?)" in warning
+
+
+def test_known_keys_give_no_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "camcore.config")
+    load_settings(write_ini(tmp_path, SPEC_EXAMPLE), environ={"CAM_HTTP_PORT": "9000"})
+    assert config_warnings(caplog) == []
+
+
+def test_unknown_cam_environment_variables_are_warned_about_by_name(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, "camcore.config")
+    environ = {
+        "CAM_NATS_URLS": "nats://elsewhere:4222",  # misspelt CAM_NATS_URL
+        "CAM_HTTPPORT": "9000",
+        "CAM_HTTP_PORT": "9100",
+        # Not configuration keys, read by other parts: no warning.
+        "CAM_BOOT_INI": "",
+        "CAM_LOG_LEVEL": "DEBUG",
+        "CAM_DEPLOY_DIR": "/srv/deploy",
+        "CAM_LB_SITE": "https://chat.example.com",
+        "PATH": "/usr/bin",
+        "cam_lower_case": "x",
+    }
+    settings = load_settings(None, environ=environ)
+    assert settings.nats_urls == ("nats://127.0.0.1:4222",)
+    assert settings.http_port == 9100
+    assert settings.unknown_keys == ("CAM_HTTPPORT", "CAM_NATS_URLS")
+    [warning] = config_warnings(caplog)
+    assert "unknown CAM_* environment variables ignored" in warning
+    assert "CAM_NATS_URLS (did you mean CAM_NATS_URL?)" in warning
+    assert "CAM_HTTPPORT (did you mean CAM_HTTP_PORT?)" in warning
+    for quiet in ("CAM_BOOT_INI", "CAM_LOG_LEVEL", "CAM_DEPLOY_DIR", "CAM_LB_SITE", "PATH",
+                  "cam_lower_case"):
+        assert quiet not in warning
 
 
 def test_backslashes_are_not_escapes() -> None:
@@ -189,6 +247,63 @@ def test_the_error_message_has_the_documented_shape() -> None:
         error.value,
         error.expected,
         error.source,
+    )
+
+
+# --------------------------------------------------------------------------- boot.ini.example
+
+
+def test_the_committed_boot_ini_example_is_generated_from_the_key_table() -> None:
+    assert EXAMPLE.read_text(encoding="utf-8") == render_example(), (
+        "deploy/boot.ini.example is stale: run "
+        "'.venv/bin/python -m camcore.config --example > deploy/boot.ini.example'"
+    )
+
+
+def test_the_example_lists_every_key_once_and_loads_without_warnings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "camcore.config")
+    text = render_example()
+    lines = text.splitlines()
+    for key in KEYS:
+        written = [line for line in lines if line.lstrip("#").startswith(f"{key.ini}=")]
+        assert len(written) == 1, key.ini
+        assert key.env in text, key.env
+    # As shipped: the spec keys are set to the spec's example, the rest are defaults.
+    shipped = load_text(tmp_path, text)
+    assert shipped.unknown_keys == ()
+    assert shipped.cluster_hosts == (HostEntry("camserver1", 443, False),
+                                     HostEntry("camserver2", 443, False))
+    assert shipped.server_date_path == "\\\\disk\\CAMServer\\data"
+    assert [d.capacity for d in shipped.video_domains] == [50, 50, 50]
+    # Every commented-out line is a valid value too: uncommenting all of them loads.
+    uncommented = "\n".join(
+        line[1:] if line.startswith("#cam.") else line for line in lines
+    )
+    everything = load_text(tmp_path, uncommented)
+    assert everything.node_name == "camserver1"
+    assert dataclasses.replace(everything, node_name=shipped.node_name) == shipped
+    assert config_warnings(caplog) == []
+
+
+def test_python_m_camcore_config_prints_the_example() -> None:
+    result = subprocess.run([sys.executable, "-m", "camcore.config", "--example"],
+                            capture_output=True, text=True, encoding="utf-8", check=True,
+                            cwd=ROOT)
+    assert result.stdout == render_example()
+    assert result.stderr == ""
+
+
+def test_python_m_camcore_config_check_reports_a_bad_file_in_one_line(tmp_path: Path) -> None:
+    path = write_ini(tmp_path, "cam.httpPort=eighty\n")
+    result = subprocess.run([sys.executable, "-m", "camcore.config", "--check", str(path)],
+                            capture_output=True, text=True, cwd=ROOT,
+                            env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"config error: cam.httpPort='eighty' (from {path} line 1): "
+        "expected an integer from 0 to 65535\n"
     )
 
 
@@ -412,6 +527,31 @@ def test_a_password_in_a_bad_url_is_not_echoed() -> None:
         load_value("cam.databaseUrl", "mysql://cam:s3cret@db/cam")
     assert "s3cret" not in str(info.value)
     assert "mysql://cam:***@db/cam" in str(info.value)
+
+
+def test_a_missing_database_url_where_one_is_required_is_a_one_line_config_error(
+    tmp_path: Path,
+) -> None:
+    path = write_ini(tmp_path, SPEC_EXAMPLE)
+    with pytest.raises(ConfigError) as info:
+        require_database_url(load_settings(path, environ={}), "the chat service")
+    assert (info.value.key, info.value.value) == ("cam.databaseUrl", "")
+    assert info.value.source == str(path)
+    assert str(info.value) == (
+        f"config error: cam.databaseUrl='' (from {path}): expected a postgres:// or "
+        "postgresql:// URL (the chat service needs the database; set cam.databaseUrl or "
+        "CAM_DATABASE_URL)"
+    )
+    with pytest.raises(ConfigError) as info:
+        require_database_url(load_settings(None, environ={}), "the edge")
+    assert_one_line_error(info.value, "cam.databaseUrl", "")
+    assert "(from default)" in str(info.value) and "the edge needs the database" in str(info.value)
+
+
+def test_a_set_database_url_is_returned_as_is() -> None:
+    url = "postgresql://cam:secret@db:5432/cam"
+    settings = load_settings(None, environ={"CAM_DATABASE_URL": url})
+    assert require_database_url(settings, "the edge") == url
 
 
 # --------------------------------------------------------------------------- load balancer
