@@ -14,6 +14,7 @@ from tests.conftest import Cluster
 
 NODE_TIMEOUT = 2.0  # what the test cluster is configured with (tests/conftest.py)
 BOUND = NODE_TIMEOUT + 3.0  # deadline for a functional outcome, not a performance goal
+TYPING_EVERY = 1.1  # the edge forwards one typing indicator a second per connection and room
 
 
 async def status_of(watcher: Client, user_id: int, want: str, timeout: float = BOUND) -> float:
@@ -24,6 +25,21 @@ async def status_of(watcher: Client, user_id: int, want: str, timeout: float = B
         event = await watcher.next_event("presence", timeout=max(0.01, timeout - (time.monotonic() - start)))
         known[event["user"]] = event["status"]
     return time.monotonic() - start
+
+
+async def presence_events_during(watcher: Client, seconds: float) -> list[dict[str, Any]]:
+    """Every presence event ``watcher`` is told during the next ``seconds``."""
+    known = watcher.__dict__.setdefault("presence", {})
+    told: list[dict[str, Any]] = []
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        try:
+            event = await watcher.next_event("presence", timeout=left)
+        except TimeoutError:
+            break
+        known[event["user"]] = event["status"]
+        told.append(event)
+    return told
 
 
 async def watch(watcher: Client, *user_ids: int) -> dict[int, str]:
@@ -98,10 +114,19 @@ async def test_typing_indicator_crosses_nodes(two_nodes: Cluster, make_user: Any
     b = await two_nodes.connect("camserver2", b_u)
     room = await a.request("create_room", name="t", members=[b_u[0]])
     await b.next_event("room_added")
-    await asyncio.sleep(0.2)  # let node 2 subscribe to the room before the ephemeral event
-    await a.request("typing", room=room["id"])
-    event = await b.next_event("typing")
+    # Typing is ephemeral: one sent before node 2's subscription to the room has
+    # crossed the NATS route is lost. A user keeps typing, so keep sending (the edge
+    # forwards at most one a second) until it arrives.
+    deadline = time.monotonic() + BOUND
+    while True:
+        assert (await a.request("typing", room=room["id"])) == {"room": room["id"]}
+        try:
+            event = await b.next_event("typing", timeout=TYPING_EVERY)
+            break
+        except TimeoutError:
+            assert time.monotonic() < deadline, "the typing indicator never reached node 2"
     assert event["room"] == room["id"] and event["user"] == a.user["id"]
+    assert event["user_name"] == a_u[0]
     await a.close()
     await b.close()
 
@@ -146,10 +171,17 @@ async def test_stopped_node_is_swept_then_reregisters_only_live_sessions(
         carol.ws.transport.abort()  # Carol's client goes away while the node is frozen
     finally:
         edge.signal(signal.SIGCONT)
-    # Alice's socket survived the pause: she is registered again. Carol is not.
+    # Alice's socket survived the pause: she is registered again. Carol is not: for a
+    # whole node timeout after the node came back, no event shows her anything but
+    # offline, and the presence service itself says so, to watchers on either node.
     await status_of(bob, ids[0], "online")
-    await asyncio.sleep(NODE_TIMEOUT)
-    assert bob.__dict__["presence"][ids[1]] == "offline"
+    told = await presence_events_during(bob, NODE_TIMEOUT)
+    assert [e for e in told if e["user"] == ids[1]] == [], told
+    assert bob.__dict__["presence"][ids[1]] == "offline"  # updated by every event read
+    assert (await watch(bob, ids[1]))[ids[1]] == "offline"
+    fresh = await two_nodes.connect("camserver1", bob_u)
+    assert await watch(fresh, *ids) == {ids[0]: "online", ids[1]: "offline"}
+    await fresh.close()
     assert (await alice.request("ping"))["pong"] is True
     await alice.close()
     await status_of(bob, ids[0], "offline")
@@ -181,8 +213,10 @@ class Churn:
         self.live: dict[str, list[Client]] = {u[0]: [] for u in users}
         self.chosen: dict[str, str] = {u[0]: "online" for u in users}
         self.rng = random.Random(os.getpid())
+        self.steps = 0
 
     async def step(self) -> None:
+        self.steps += 1
         name = self.rng.choice(self.users)[0]
         action = self.rng.random()
         sessions = self.live[name]
@@ -267,9 +301,12 @@ async def test_killing_one_of_two_presence_replicas_mid_churn_converges(
     cluster = presence_cluster(cluster_factory)
     churn, watchers, ids = await churn_setup(cluster, make_user)
     task = asyncio.create_task(churn.run(4.0))
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(1.5)  # the kill comes 1.5 s into 4 s of churn
+    assert churn.steps > 0 and not task.done()
     cluster.procs["presence1"].kill()
+    at_kill = churn.steps
     await task
+    assert churn.steps > at_kill  # the churn went on against the surviving replica
     await assert_converges(churn, watchers, ids)
     await churn.close()
     await assert_converges(churn, watchers, ids)
@@ -283,13 +320,17 @@ async def test_presence_restart_and_nats_server_restart_mid_churn_converge(
     cluster = presence_cluster(cluster_factory, replicas=1)
     churn, watchers, ids = await churn_setup(cluster, make_user)
     task = asyncio.create_task(churn.run(6.0))
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(1.0)  # the faults begin 1 s into 6 s of churn
+    assert churn.steps > 0
     await asyncio.to_thread(cluster.procs["presence1"].stop)
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # presence stays down for half a second
     cluster.start_presence("presence1")
-    await asyncio.sleep(1.0)
+    await asyncio.to_thread(cluster.wait_services)  # until the new replica answers
+    assert not task.done(), "the churn ended before the NATS restart"
+    at_restart = churn.steps
     await asyncio.to_thread(cluster.nats.restart, 1)
     await task
+    assert churn.steps > at_restart
     await assert_converges(churn, watchers, ids)
     await churn.close()
     await assert_converges(churn, watchers, ids)
