@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
+import time
 import urllib.request
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg
 import httpx
@@ -13,6 +16,23 @@ import pytest
 
 from camclient import Client, ClientError, login
 from tests.conftest import Cluster
+
+T = TypeVar("T")
+
+
+async def eventually(check: Callable[[], T | Awaitable[T]], timeout: float, what: str,
+                     step: float = 0.05) -> T:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result  # type: ignore[return-value]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}: {result!r}")
+        await asyncio.sleep(step)
 
 
 async def test_message_sent_on_node1_reaches_member_on_node2(two_nodes: Cluster, make_user: Any):
@@ -93,6 +113,19 @@ async def test_concurrent_sends_through_two_chat_replicas_get_gap_free_sequence(
     for c in clients[1:]:
         await c.next_event("room_added")
 
+    # Requests each chat replica has served, from its heartbeats in the cluster view.
+    def served() -> dict[str, float]:
+        with urllib.request.urlopen(cluster.http("camserver1") + "/api/cluster/view") as r:
+            view = json.loads(r.read())
+        return {p["instance"]: p["load"]["served"] for p in view["processes"]
+                if p["kind"] == "chat" and p["alive"]}
+
+    def both_replicas() -> dict[str, float] | None:
+        now = served()
+        return now if len(now) == 2 else None
+
+    before = await eventually(both_replicas, 10, "both chat replicas in the cluster view")
+
     async def burst(client: Client, n: int) -> list[int]:
         acks = await asyncio.gather(*(client.send(room["id"], f"m{i}") for i in range(n)))
         return [a["seq"] for a in acks]
@@ -116,15 +149,14 @@ async def test_concurrent_sends_through_two_chat_replicas_get_gap_free_sequence(
         await clients[0].send(room["id"], "something else", cid="retry-1")
     assert exc.value.code == "conflict"
 
-    # Both replicas took a share of the work (queue group), and no request twice.
-    def served() -> dict[str, float]:
-        with urllib.request.urlopen(cluster.http("camserver1") + "/api/cluster/view") as r:
-            view = json.loads(r.read())
-        return {p["instance"]: p["load"]["served"] for p in view["processes"] if p["kind"] == "chat"}
+    # Both replicas took a real share of the 200 sends (queue group), not just of the
+    # edges' periodic repair checks (a few a second): each served at least 40 of them.
+    def shares() -> dict[str, float] | None:
+        now = served()
+        delta = {i: now.get(i, 0) - before[i] for i in before}
+        return delta if all(v >= 40 for v in delta.values()) else None
 
-    await asyncio.sleep(0.5)  # one heartbeat interval, so the counters are current
-    shares = served()
-    assert len(shares) == 2 and all(v > 0 for v in shares.values()), shares
+    await eventually(shares, 5, f"each chat replica to serve 40 of the sends (before: {before})")
     for c in [*clients, other]:
         await c.close()
 
@@ -180,22 +212,31 @@ async def test_edge_subscribes_only_to_rooms_with_a_local_member(
     await b.next_event("room_added")
     await a.send(room["id"], "here")
     await b.next_event("message", where=lambda e: e["body"] == "here")
+    # camserver2's only client has a room of its own.
+    own = await c.request("create_room", name="camserver2 only")
+    await c.send(own["id"], "there")
+    await c.next_event("message", where=lambda e: e["body"] == "there")
 
-    async def rooms_of(node: str) -> float:
+    async def rooms() -> dict[str, float]:
         async with httpx.AsyncClient() as http:
             view = (await http.get(cluster.http("camserver1") + "/api/cluster/view")).json()
-        loads = [p["load"] for p in view["processes"] if p["kind"] == "edge" and p["node"] == node]
-        return loads[0]["rooms"] if loads else -1
+        return {p["node"]: p["load"]["rooms"] for p in view["processes"]
+                if p["kind"] == "edge" and p["alive"]}
 
-    await asyncio.sleep(0.6)
-    assert await rooms_of("camserver1") == 1
-    assert await rooms_of("camserver2") == 0
-    # Once the last local member leaves, the node drops its interest.
+    # Each node is subscribed to the one room of its local members, not to the other.
+    want = {"camserver1": 1, "camserver2": 1}
+    await eventually(lambda: _equal(rooms(), want), 5, f"room subscriptions {want}")
+    # Once the last local member leaves, the node drops its interest; the other keeps its own.
     await a.close()
     await b.close()
-    await asyncio.sleep(0.6)
-    assert await rooms_of("camserver1") == 0
+    want = {"camserver1": 0, "camserver2": 1}
+    await eventually(lambda: _equal(rooms(), want), 5, f"room subscriptions {want}")
     await c.close()
+
+
+async def _equal(got: Awaitable[T], want: T) -> T | None:
+    value = await got
+    return value if value == want else None
 
 
 async def test_login_sets_httponly_cookie_and_logout_revokes_the_session(
@@ -235,7 +276,7 @@ async def test_websocket_accepts_the_session_cookie(two_nodes: Cluster, make_use
     token = await login(two_nodes.http("camserver1"), *user)
     async with ws_connect(two_nodes.ws("camserver1"),
                           additional_headers={"Cookie": f"cam_session={token}"}) as ws:
-        json.loads(await ws.recv())  # hello
+        assert json.loads(await ws.recv())["op"] == "hello"
         await ws.send(json.dumps({"op": "auth", "id": 1}))
         reply = json.loads(await ws.recv())
         assert reply["op"] == "result" and reply["result"]["user"]["username"] == user[0]
