@@ -61,6 +61,13 @@ async def test_malformed_frames_get_error_frames_and_the_connection_stays(pair: 
 
 async def test_message_over_the_character_cap_is_refused_and_not_stored(pair: Any):
     cluster, bad, good, room = pair
+    # The cap (cam.maxMessageChars, 4000) counts characters, not bytes: 4000 characters
+    # of three bytes each pass, one more character does not.
+    at_cap = "語" * 4000
+    ack = await bad.send(room, at_cap)
+    with pytest.raises(ClientError) as exc:
+        await bad.send(room, at_cap + "x")
+    assert exc.value.code == "message_too_large"
     with pytest.raises(ClientError) as exc:
         await bad.send(room, "x" * 4001)
     assert exc.value.code == "message_too_large"
@@ -68,17 +75,34 @@ async def test_message_over_the_character_cap_is_refused_and_not_stored(pair: An
         await bad.send(room, "   ")
     assert exc.value.code == "bad_request"
     history = await good.history(room)
-    assert [m for m in history["messages"] if m["kind"] == "text"] == []
+    texts = [(m["seq"], m["body"]) for m in history["messages"] if m["kind"] == "text"]
+    assert texts == [(ack["seq"], at_cap)]
+
+
+def padded(frame: dict[str, Any], size: int) -> str:
+    """``frame`` as JSON padded with whitespace to exactly ``size`` bytes."""
+    text = json.dumps(frame)
+    return text[:-1] + " " * (size - len(text.encode())) + "}"
 
 
 async def test_oversized_frame_closes_only_that_connection_with_1009(pair: Any):
     cluster, bad, good, room = pair
-    huge = json.dumps({"op": "send", "id": 1, "room": room, "cid": "big", "body": "x" * 70000})
-    await bad.send_raw(huge)
+    limit = 65536  # cam.maxFrameBytes
+    # A frame of exactly the limit is accepted...
+    at_limit = padded({"op": "ping", "id": "at-limit"}, limit)
+    assert len(at_limit.encode()) == limit
+    await bad.send_raw(at_limit)
+    pong = await bad.next_event("result", timeout=5)
+    assert pong["id"] == "at-limit" and pong["result"]["pong"] is True
+    # ...one byte more closes that connection with 1009, and its content is not stored.
+    over = padded({"op": "send", "id": 1, "room": room, "cid": "big", "body": "too big"},
+                  limit + 1)
+    await bad.send_raw(over)
     assert await bad.wait_closed(5) == 1009
     ack = await good.send(room, "unaffected")
-    assert ack["seq"] >= 2
-    assert (await good.history(room))["messages"][-1]["body"] == "unaffected"
+    texts = [(m["seq"], m["body"]) for m in (await good.history(room))["messages"]
+             if m["kind"] == "text"]
+    assert texts == [(ack["seq"], "unaffected")]
 
 
 async def test_binary_frame_closes_with_1003(pair: Any):
@@ -102,7 +126,8 @@ async def test_ops_before_auth_and_wrong_versions_are_refused(two_nodes: Cluster
     with pytest.raises(ClientError) as exc:
         await client.request("auth", token=token, v=99)
     assert exc.value.code == "unsupported_version"
-    await client.request("auth", token=token, v=1)
+    authed = await client.request("auth", token=token, v=1)
+    assert authed["user"]["username"] == user[0]
     with pytest.raises(ClientError) as exc:
         await client.request("auth", token=token)
     assert exc.value.code == "already_authenticated"
@@ -136,6 +161,8 @@ async def test_configured_origin_is_allowed(cluster_factory: Any):
     cluster.start_edge("camserver1", CAM_ALLOWED_ORIGINS="https://chat.example.com")
     cluster.wait_edges()
     ok = await Client.open(cluster.ws("camserver1"), origin="https://chat.example.com")
+    assert ok.hello["op"] == "hello"
     await ok.close()
-    with pytest.raises(InvalidStatus):
+    with pytest.raises(InvalidStatus) as exc:
         await Client.open(cluster.ws("camserver1"), origin="https://chat.example.com.evil.io")
+    assert exc.value.response.status_code == 403
