@@ -69,3 +69,17 @@ def test_a_bad_config_value_stops_start_up_with_one_clear_line(tmp_path: Path):
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1, r.stderr
         assert "cam.videoDomains" in lines[0] and "fifty" in lines[0] and "expected" in lines[0]
+
+
+def test_unknown_keys_are_named_in_a_warning_and_the_node_still_serves(
+    tmp_path: Path, cluster_factory: Any
+):
+    ini = tmp_path / "boot.ini"
+    ini.write_text("cam.clusterHosts=camserver1\ncam.natsUrls=nats://typo:4222\n", encoding="utf-8")
+    cluster: Cluster = cluster_factory(1)
+    edge = cluster.start_edge("camserver1", CAM_BOOT_INI=str(ini), CAM_HTTPPORT="1")
+    cluster.wait_edges()
+    assert health(cluster, "camserver1") == (200, b'{"status":200}')
+    log = edge.log_path.read_text(errors="replace")
+    assert "unknown keys ignored: cam.natsUrls (did you mean cam.natsUrl?)" in log
+    assert "unknown CAM_* environment variables ignored: CAM_HTTPPORT" in log
