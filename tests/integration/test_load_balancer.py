@@ -45,6 +45,9 @@ from .lb_fixtures import (
 )
 
 COOKIE = {"haproxy": "CAMSERVERID", "caddy": "cam_lb"}
+#: How each one redirects plain HTTP: deploy/haproxy/haproxy.cfg says 301, Caddy's
+#: automatic HTTPS answers 308.
+REDIRECT = {"haproxy": 301, "caddy": 308}
 
 
 @pytest.fixture(scope="module")
@@ -119,10 +122,12 @@ def test_tls_termination_and_plain_http_to_the_edges(lbc: LbCluster, kind: str) 
         assert client.get("/api/cluster").json()["client"]["scheme"] == "https"
     for port in lbc.cluster.edge_ports.values():
         assert rig.http_get(f"http://127.0.0.1:{port}{lb.HEALTH_PATH}") == lb.HEALTH_OK
-    # Plain HTTP to the load balancer is sent to HTTPS.
-    r = httpx.get(f"http://{lb.LB_HOST}:{balancer.http_port}/api/cluster", timeout=5)
-    assert r.status_code in (301, 302, 307, 308)
-    assert r.headers["location"].startswith("https://")
+    # Plain HTTP to the load balancer is sent to HTTPS, to the same path, permanently.
+    r = httpx.get(f"http://{lb.LB_HOST}:{balancer.http_port}/api/cluster?x=1", timeout=5)
+    assert r.status_code == REDIRECT[kind], r.headers
+    location = httpx.URL(r.headers["location"])
+    assert (location.scheme, location.host) == ("https", lb.LB_HOST)
+    assert (location.path, location.query) == ("/api/cluster", b"x=1")
 
 
 # ------------------------------------------------------------------ 2. balancing
@@ -213,6 +218,7 @@ async def test_websocket_chat_through_the_load_balancer(lbc: LbCluster, kind: st
     token_a = await login(balancer.url, alice_name, pw_a, verify=ctx)
     token_b = await login(balancer.url, bob_name, pw_b, verify=ctx)
 
+    logged_before = {n: len(edge_log(lbc.cluster, n)) for n in lbc.cluster.edge_ports}
     alice = await Client.connect(balancer.ws_url, token_a)
     bobs = [await Client.connect(balancer.ws_url, token_b)]
     # Round robin: a next connection lands on the other node; chat across nodes.
@@ -232,8 +238,20 @@ async def test_websocket_chat_through_the_load_balancer(lbc: LbCluster, kind: st
     finally:
         for client in [alice, *bobs]:
             await client.close()
-    line = [ln for ln in edge_log(lbc.cluster, alice.hello["node"]).splitlines() if "WS /ws open" in ln]
-    assert line and "scheme=wss via=127.0.0.1" in line[-1]
+    # Each edge logged one WebSocket open per connection it got, each through the load
+    # balancer (127.0.0.1) and over TLS as the client used it.
+    opened = {n: sum(c.hello["node"] == n for c in [alice, *bobs]) for n in logged_before}
+
+    def ws_opens(node: str) -> list[str]:
+        return [ln for ln in edge_log(lbc.cluster, node)[logged_before[node]:].splitlines()
+                if "WS /ws open" in ln]
+
+    for node, count in opened.items():
+        rig.wait_for(lambda node=node, count=count: len(ws_opens(node)) >= count, 5,
+                     f"{count} WebSocket open lines in {node}'s log")
+        lines = ws_opens(node)
+        assert len(lines) == count, lines
+        assert all("scheme=wss via=127.0.0.1" in ln for ln in lines), lines
 
 
 # ------------------------------------------------------------------ 5. health check
