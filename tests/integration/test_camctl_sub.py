@@ -10,6 +10,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,18 +116,21 @@ async def test_camctl_up_puts_a_load_balancer_in_front_and_sub_prints_the_bus(up
     client = await _connect(f"wss://{lb.LB_HOST}:{up.lb_port}/ws", token, ca)
     try:
         room = await client.request("create_room", name="debug", members=[])
-        # The subscriber is ready once it sees traffic; send until it has printed.
-        for _ in range(50):
+        # The subscriber is ready once it sees traffic; send until it has printed one
+        # event and exited (--count 1).
+        deadline = time.monotonic() + 30
+        while rooms.poll() is None:
+            assert time.monotonic() < deadline, "camctl sub printed no room event in 30 s"
             await client.send(room["id"], "seen on the bus")
-            if rooms.poll() is not None:
-                break
             await asyncio.sleep(0.1)
         out, err = rooms.communicate(timeout=30)
     finally:
         await client.close()
         if rooms.poll() is None:
             rooms.kill()
-    event = json.loads(out.splitlines()[0])
+    assert rooms.returncode == 0, err
+    [printed] = out.splitlines()
+    event = json.loads(printed)
     assert event["subject"] == f"cam.room.{room['id']}.ev"
     assert "seen on the bus" in json.dumps(event["payload"], ensure_ascii=False)
 
