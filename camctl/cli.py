@@ -6,19 +6,23 @@ import argparse
 import asyncio
 import getpass
 import json
+import os
 import secrets
 import signal
 import sys
 import time
+import xmlrpc.client
 from pathlib import Path
+from typing import Any
+
+import psutil
 
 from camcore import accounts, bus, db, subjects, wire
 from camcore.config import ConfigError, Settings, load_settings, settings_env
 from camcore.errors import CamError
 
-from . import lb, rig
-
-STATE_FILE = "camctl-state.json"
+from . import cluster, lb, rig
+from .supervisor import rpc, tree
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -34,7 +38,7 @@ def _data_root(settings: Settings) -> Path:
 
 
 def _state(settings: Settings) -> dict[str, object]:
-    path = _data_root(settings) / STATE_FILE
+    path = _data_root(settings) / "run" / cluster.STATE_FILE
     try:
         return json.loads(path.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
     except (OSError, ValueError):
@@ -55,11 +59,23 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = _settings(args)
     root = _data_root(settings)
     root.mkdir(parents=True, exist_ok=True)
-    logdir = root / "logs"
-    procs: list[rig.Proc] = []
-    sfus: list[rig.Janus] = []
-    nats = pg = None
-    plan: lb.LocalPlan | None = None
+    running = _running_camctl(settings)
+    if running:
+        print(f"a cluster is already running from {root} (camctl pid {running}); "
+              "'camctl status' shows it, 'camctl down' stops it", file=sys.stderr)
+        return 1
+    run_id = time.strftime("%Y%m%d-%H%M%S")
+    logdir = root / "logs" / run_id
+    logdir.mkdir(parents=True, exist_ok=True)
+    latest = root / "logs" / "latest"
+    latest.unlink(missing_ok=True)
+    latest.symlink_to(run_id)
+    for marker in (root / "run").glob("*.down"):
+        marker.unlink()
+    c = cluster.LocalCluster(root, hosts=args.nodes, supervised=True, fixed_ports=True,
+                             database_url=settings.database_url, data_path=root,
+                             env=settings_env(settings), logdir=logdir)
+    c.run_id = run_id
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -70,88 +86,41 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         print(f"data root: {root}")
-        nats = rig.NatsCluster(logdir, size=max(2, args.nats)).start()
-        print(f"bus: NATS cluster of {len(nats.procs)} servers: {', '.join(nats.urls)}")
-        database_url = settings.database_url
-        if not database_url:
-            pg = rig.Postgres(root / "postgres", port=args.pg_port or None).start()
-            if not pg.database_exists("cam"):
-                pg.create_database("cam")
-            database_url = pg.dsn("cam")
-            print(f"database: embedded PostgreSQL, data in {pg.datadir}")
-        applied = asyncio.run(db.migrate(database_url))
-        if applied:
-            print(f"database: applied migrations {', '.join(applied)}")
-        admin_note = asyncio.run(_ensure_admin(database_url, root))
-
-        ports = [args.base_port + i for i in range(args.nodes)]
-        busy = [p for p in ports if rig.port_open(p)]
-        if busy:
-            raise SystemExit(f"port(s) {busy} are in use; pick others with --base-port")
-        if not args.no_lb:
-            plan = lb.LocalPlan(args.lb, args.lb_port, root / "lb")
-        names = [f"camserver{i + 1}" for i in range(args.nodes)]
-        hosts = ";".join(f"127.0.0.1:{p}" for p in ports)
-        base_env = settings_env(settings)
-        base_env.update({"CAM_DATABASE_URL": database_url, "CAM_NATS_URL": ",".join(nats.urls)})
-        if not settings.cluster_hosts:
-            base_env["CAM_CLUSTER_HOSTS"] = hosts
+        names = [h.name for h in c.hosts]
+        print("hosts: " + ", ".join(f"{h.name} {h.address}" for h in c.hosts))
+        domains = _video_domains(args, settings, names)
+        edge_env: dict[str, str] = {}
+        plan = None if args.no_lb else lb.LocalPlan(args.lb, args.lb_port, root / "lb")
         if plan:
-            base_env.update(plan.edge_env(settings.trusted_proxies, settings.server_url_domain))
-        for i in range(args.chat):
-            env = {**base_env, "CAM_NODE_NAME": names[i % len(names)]}
-            procs.append(rig.service("chat", f"chat{i + 1}", env, logdir).start())
-        for i in range(args.presence):
-            env = {**base_env, "CAM_NODE_NAME": names[i % len(names)]}
-            procs.append(rig.service("presence", f"presence{i + 1}", env, logdir).start())
-        sfus, video_env = _video_plan(args, settings, names, root)
-        base_env.update(video_env)
-        for sfu in sfus:
-            sfu.start()
-        if sfus:
-            print(f"video: {len(sfus)} Janus servers: "
-                  + ", ".join(f"{s.name} {s.url}" for s in sfus))
-            procs.append(rig.service("video", "video1", {**base_env, "CAM_NODE_NAME": names[0]},
-                                     logdir).start())
-        elif settings.video_server_urls:
-            procs.append(rig.service("video", "video1", {**base_env, "CAM_NODE_NAME": names[0]},
-                                     logdir).start())
-        else:
-            print("video: Janus is not installed; conferences are off (apt-get install janus)")
-        procs.append(rig.service("health", "health1", {**base_env, "CAM_NODE_NAME": names[0]},
-                                 logdir).start())
-        for i, (name, port) in enumerate(zip(names, ports, strict=True)):
-            env = {**base_env, "CAM_NODE_NAME": name, "CAM_HTTP_PORT": str(port),
-                   "CAM_HTTP_HOST": "127.0.0.1",
-                   # Each edge prefers its own bus server; the others are for failover.
-                   "CAM_NATS_URL": ",".join(nats.urls[i % len(nats.urls):]
-                                            + nats.urls[: i % len(nats.urls)])}
-            if not settings.cluster_hosts:
-                # Each server lists its own host first (cluster-spec.md section 3).
-                env["CAM_CLUSTER_HOSTS"] = ";".join(f"127.0.0.1:{p}" for p in ports[i:] + ports[:i])
-            procs.append(rig.service("edge", name, env, logdir).start())
-        for name, port in zip(names, ports, strict=True):
-            rig.wait_for(lambda port=port: (_check(procs), rig.edge_ready(port))[1], 60,
-                         f"{name} health check")
-        balancer = plan.start([lb.Backend(n, "127.0.0.1", p) for n, p in zip(names, ports, strict=True)]
-                              ) if plan else None
-        rig.write_state(root / STATE_FILE, {
-            "database_url": database_url, "nats_urls": nats.urls,
-            "edges": {n: f"http://127.0.0.1:{p}" for n, p in zip(names, ports, strict=True)},
-            "load_balancer": balancer.url if balancer else None,
-        })
+            edge_env.update(plan.edge_env(settings.trusted_proxies, settings.server_url_domain))
+        c.start_all(chat=args.chat, presence=args.presence, video=bool(domains),
+                    video_domains=domains, base_port=args.base_port,
+                    lb_kind=plan.kind if plan else None, lb_port=plan.port if plan else 0,
+                    pg_port=args.pg_port,
+                    cluster_hosts="from boot.ini" if settings.cluster_hosts else "",
+                    edge_env=edge_env, announce=print)
+        if not domains:
+            print("video: " + _no_video_reason(args, settings))
+        admin_note = asyncio.run(_ensure_admin(c.database_url, root))
+        c.write_state()
+        first = next(iter(c.edge_ports))
         print("\nThe cluster is up.")
-        for name, port in zip(names, ports, strict=True):
-            print(f"  {name}: http://127.0.0.1:{port}/   WebSocket ws://127.0.0.1:{port}/ws"
-                  f"   health http://127.0.0.1:{port}/CAMServer/healthCheck")
+        for name in c.edge_ports:
+            url = c.http(name)
+            print(f"  {name.split('/')[0]}: {url}/   WebSocket {c.ws(name)}"
+                  f"   health {url}/CAMServer/healthCheck")
+        balancer = c.balancer
         if balancer:
             print(f"  load balancer ({balancer.kind}): {balancer.url}/   WebSocket {balancer.ws_url}\n"
                   f"    certificate to trust: {balancer.ca_file}\n"
                   f"    curl --cacert {balancer.ca_file} {balancer.url}/CAMServer/healthCheck")
-        print(admin_note)
-        print(f"  logs: {logdir}\nPress Ctrl-C to stop.")
+        print(admin_note.replace("{login_url}", c.http(first) + "/api/login"))
+        print(f"  logs: {logdir}  ('camctl logs NAME')\n"
+              "  'camctl status' lists every process; 'camctl down' or Ctrl-C stops the cluster.")
+        watcher = cluster.Watcher(c)
         while not stopping:
-            _check(procs)
+            for line in watcher.poll():
+                print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
             time.sleep(0.5)
         print("\nstopping...")
         return 0
@@ -159,46 +128,45 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"camctl up failed: {exc}", file=sys.stderr)
         return 1
     finally:
-        if plan:
-            plan.stop()
-        for p in reversed(procs):
-            p.stop()
-        for sfu in sfus:
-            sfu.stop()
-        if nats:
-            nats.stop()
-        if pg:
-            pg.stop()
+        c.stop()
+        (root / "run" / cluster.STATE_FILE).unlink(missing_ok=True)
 
 
-def _video_plan(args: argparse.Namespace, settings: Settings, names: list[str],
-                root: Path) -> tuple[list[rig.Janus], dict[str, str]]:
-    """One local Janus per cam.videoDomains entry (default: one per node), unless the
+def _video_domains(args: argparse.Namespace, settings: Settings,
+                   names: list[str]) -> list[tuple[str, int]]:
+    """One local Janus per cam.videoDomains entry (default: one per host), unless the
     configuration names Janus servers of its own (cam.videoServerUrls)."""
     if args.no_video or settings.video_server_urls or rig.janus_binary() is None:
-        return [], {}
-    domains = [(d.name, d.capacity) for d in settings.video_domains] or [(n, 50) for n in names]
-    key = secrets.token_hex(12)
-    sfus = [rig.Janus(root / "janus", name, admin_key=key,
-                      rtp_range=(20000 + i * 1000, 20999 + i * 1000))
-            for i, (name, _) in enumerate(domains)]
-    return sfus, {
-        "CAM_VIDEO_DOMAINS": ";".join(f"{n}={c}" for n, c in domains),
-        "CAM_VIDEO_SERVER_URLS": ";".join(f"{s.name}={s.url}" for s in sfus),
-        "CAM_VIDEO_ADMIN_KEY": key,
-    }
+        return []
+    return [(d.name, d.capacity) for d in settings.video_domains] or [(n, 50) for n in names]
 
 
-def _check(procs: list[rig.Proc]) -> None:
-    for p in procs:
-        p.check_alive()
+def _no_video_reason(args: argparse.Namespace, settings: Settings) -> str:
+    if args.no_video:
+        return "off (--no-video)"
+    if settings.video_server_urls:
+        return "the Janus servers of cam.videoServerUrls"
+    return ("Janus is not installed, so conferences are off; install it with "
+            "'sudo apt-get install janus' (make up does this when run as root)")
+
+
+def _running_camctl(settings: Settings) -> int | None:
+    pid = _state(settings).get("camctl_pid")
+    if isinstance(pid, int) and psutil.pid_exists(pid):
+        try:
+            if "camctl" in " ".join(psutil.Process(pid).cmdline()):
+                return pid
+        except psutil.Error:
+            return None
+    return None
 
 
 async def _ensure_admin(database_url: str, root: Path) -> str:
     pool = await db.create_pool(database_url, max_size=2)
     try:
         if await accounts.list_users(pool):
-            return "  log in with an existing user (create more with 'camctl user add NAME')"
+            return ("  log in with an existing user at {login_url} "
+                    "(create more with 'camctl user add NAME')")
         password = secrets.token_urlsafe(12)
         await accounts.create_user(pool, "admin", password, is_admin=True)
         note = root / "admin-password.txt"
@@ -207,7 +175,7 @@ async def _ensure_admin(database_url: str, root: Path) -> str:
         return (f"  log in as 'admin' with password {password} (saved in {note}):\n"
                 "    curl -s -X POST -H 'content-type: application/json' "
                 f"-d '{{\"username\":\"admin\",\"password\":\"{password}\"}}' "
-                "http://127.0.0.1:8080/api/login")
+                "{login_url}")
     finally:
         await pool.close()
 
@@ -330,18 +298,189 @@ def cmd_video(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ status, down, restart, logs
+
+
+def _cluster_state(args: argparse.Namespace) -> tuple[Settings, dict[str, Any]]:
+    settings = _settings(args)
+    state = _state(settings)
+    if not state or not _running_camctl(settings):
+        raise SystemExit(f"no cluster is running from {_data_root(settings)} (start one with 'camctl up')")
+    return settings, state
+
+
+def _find(state: dict[str, Any], name: str) -> str:
+    """The full name (``camserver2/edge``) for ``name``, a full name or a unique part."""
+    procs: dict[str, Any] = state["processes"]
+    if name in procs:
+        return name
+    matches = [n for n in procs if n.endswith("/" + name) or n.split("/")[0] == name
+               and n.endswith("/edge")]
+    if len(matches) == 1:
+        return matches[0]
+    raise SystemExit(f"no single process named {name!r}; 'camctl status' lists them "
+                     f"({'ambiguous: ' + ', '.join(matches) if matches else 'none matches'})")
+
+
+def _host_infos(state: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]] | None]:
+    out: dict[str, dict[str, dict[str, Any]] | None] = {}
+    for host, h in state["hosts"].items():
+        try:
+            infos = rpc(Path(h["socket"])).getAllProcessInfo()
+            out[host] = {i["name"]: i for i in infos}
+        except (OSError, KeyError, xmlrpc.client.Error):
+            out[host] = None
+    return out
+
+
+def _uptime(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings, state = _cluster_state(args)
+    infos = _host_infos(state)
+    try:
+        restarts = json.loads((_data_root(settings) / "run" / "restarts.json").read_text())
+    except (OSError, ValueError):
+        restarts = {}
+    rows = [("NAME", "HOST", "STATE", "PID", "UPTIME", "RESTARTS", "PORTS")]
+    for name, p in state["processes"].items():
+        host_infos = infos.get(p["host"])
+        info = host_infos.get(p["program"]) if host_infos else None
+        address = state["hosts"][p["host"]]["address"]
+        ports = " ".join(f"{k}={address}:{v}" if k in ("http", "client", "https", "postgres")
+                         else f"{k}={v}" for k, v in p["ports"].items())
+        if info is None:
+            rows.append((name, p["host"], "HOST DOWN", "-", "-", str(restarts.get(name, 0)), ports))
+            continue
+        up = _uptime(info["now"] - info["start"]) if info["statename"] == "RUNNING" else "-"
+        rows.append((name, p["host"], info["statename"], str(info["pid"] or "-"), up,
+                     str(restarts.get(name, 0)), ports))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    if state.get("load_balancer"):
+        print(f"load balancer: {state['load_balancer']}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    settings, state = _cluster_state(args)
+    pid = int(state["camctl_pid"])
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 120
+    while psutil.pid_exists(pid) and time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.2)
+    if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        print(f"camctl up (pid {pid}) did not stop within 120 s", file=sys.stderr)
+        return 1
+    print("the cluster is stopped")
+    return 0
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    _, state = _cluster_state(args)
+    name = _find(state, args.name)
+    p = state["processes"][name]
+    api = rpc(Path(state["hosts"][p["host"]]["socket"]))
+    try:
+        if api.getProcessInfo(p["program"])["statename"] in ("RUNNING", "STARTING", "BACKOFF"):
+            api.stopProcess(p["program"], True)
+        api.startProcess(p["program"], True)
+    except (OSError, xmlrpc.client.Error) as exc:
+        print(f"camctl restart {name}: {exc}", file=sys.stderr)
+        return 1
+    info = api.getProcessInfo(p["program"])
+    print(f"{name}: {info['statename']} (pid {info['pid']})")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    _, state = _cluster_state(args)
+    name = _find(state, args.name)
+    path = Path(state["processes"][name]["log"])
+    try:
+        with path.open("rb") as f:
+            lines = f.read().decode("utf-8", "replace").splitlines()[-args.lines:]
+            print("\n".join(lines), flush=True)
+            while args.follow:
+                chunk = f.read()
+                if chunk:
+                    sys.stdout.write(chunk.decode("utf-8", "replace"))
+                    sys.stdout.flush()
+                else:
+                    time.sleep(0.3)
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        print(f"camctl logs {name}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_kill_host(args: argparse.Namespace) -> int:
+    settings, state = _cluster_state(args)
+    host = state["hosts"].get(args.host)
+    if host is None or args.host == "lb":
+        raise SystemExit(f"no host {args.host!r}: expected one of "
+                         + ", ".join(h for h in state["hosts"] if h != "lb"))
+    run = _data_root(settings) / "run"
+    (run / f"{args.host}.down").touch()
+    pid = host.get("supervisor_pid")
+    pids = tree(pid) if pid else []
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    print(f"{args.host}: killed {len(pids)} processes at once; "
+          f"'camctl start-host {args.host}' brings it back")
+    return 0
+
+
+def cmd_start_host(args: argparse.Namespace) -> int:
+    settings, state = _cluster_state(args)
+    if args.host not in state["hosts"]:
+        raise SystemExit(f"no host {args.host!r}")
+    (_data_root(settings) / "run" / f"{args.host}.down").unlink(missing_ok=True)
+    edges = [n for n, p in state["processes"].items() if p["host"] == args.host and n.endswith("/edge")]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        st = _state(settings)
+        infos = _host_infos(st).get(args.host)
+        if infos and all(i["statename"] == "RUNNING" for i in infos.values()) and all(
+                rig.edge_ready(*_edge_addr(st, e)) for e in edges):
+            print(f"{args.host}: back, every process running")
+            return 0
+        time.sleep(0.5)
+    print(f"{args.host} did not come back within 120 s; see 'camctl status'", file=sys.stderr)
+    return 1
+
+
+def _edge_addr(state: dict[str, Any], name: str) -> tuple[int, str]:
+    p = state["processes"][name]
+    return int(p["ports"]["http"]), str(state["hosts"][p["host"]]["address"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="camctl", description=__doc__)
     parser.add_argument("--config", help="boot.ini to read (default: $CAM_BOOT_INI, else defaults)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start a whole cluster on this machine (Ctrl-C stops it)")
-    up.add_argument("--nodes", type=int, default=2, help="number of edges (default 2)")
-    up.add_argument("--chat", type=int, default=2, help="number of chat replicas (default 2)")
-    up.add_argument("--presence", type=int, default=2,
-                    help="number of presence replicas (default 2)")
-    up.add_argument("--nats", type=int, default=2, help="number of NATS servers (default 2)")
-    up.add_argument("--base-port", type=int, default=8080, help="port of camserver1 (default 8080)")
+    up.add_argument("--nodes", type=int, default=2,
+                    help="number of CAMServer hosts, camserverN on 127.0.1.N (default 2)")
+    up.add_argument("--chat", type=int, default=1, help="chat replicas per host (default 1)")
+    up.add_argument("--presence", type=int, default=1, help="presence replicas per host (default 1)")
+    up.add_argument("--base-port", type=int, default=8080,
+                    help="HTTP port of every edge, on its host's address (default 8080)")
     up.add_argument("--pg-port", type=int, default=0, help="embedded PostgreSQL port (default: free)")
     up.add_argument("--lb", choices=lb.KINDS, default=lb.DEFAULT_KIND,
                     help="load balancer in front of the edges, HTTPS with a local CA (default caddy)")
@@ -351,6 +490,24 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--lb-port", type=int, default=0,
                     help="HTTPS port of the load balancer (default 8443, or a free port if taken)")
     up.set_defaults(func=cmd_up)
+
+    sub.add_parser("status", help="every process of the running cluster: host, state, pid, "
+                   "uptime, restarts, ports").set_defaults(func=cmd_status)
+    sub.add_parser("down", help="stop the running cluster").set_defaults(func=cmd_down)
+    r = sub.add_parser("restart", help="restart one process (e.g. camserver2/edge, or camserver2)")
+    r.add_argument("name")
+    r.set_defaults(func=cmd_restart)
+    lg = sub.add_parser("logs", help="the log of one process (this run's)")
+    lg.add_argument("name")
+    lg.add_argument("-n", "--lines", type=int, default=50)
+    lg.add_argument("-f", "--follow", action="store_true")
+    lg.set_defaults(func=cmd_logs)
+    kh = sub.add_parser("kill-host", help="SIGKILL every process of a host at once (a drill)")
+    kh.add_argument("host")
+    kh.set_defaults(func=cmd_kill_host)
+    sh = sub.add_parser("start-host", help="bring a killed host back")
+    sh.add_argument("host")
+    sh.set_defaults(func=cmd_start_host)
 
     user = sub.add_parser("user", help="manage users").add_subparsers(dest="user_cmd", required=True)
     add = user.add_parser("add", help="create a user")

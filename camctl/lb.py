@@ -158,13 +158,14 @@ class LoadBalancer:
     kind = ""
 
     def __init__(self, workdir: Path, backends: Sequence[Backend], *, port: int | None = None,
-                 host: str = LB_HOST, bind: str = "127.0.0.1") -> None:
+                 host: str = LB_HOST, bind: str = "127.0.0.1", spawn: rig.Spawn = rig.Proc) -> None:
         self.workdir = workdir.resolve()
         self.backends = list(backends)
         self.port = port or rig.free_port()
         self.http_port = rig.free_port()
         self.host, self.bind = host, bind
-        self.proc: rig.Proc | None = None
+        self.spawn = spawn
+        self.proc: rig.Handle | None = None
 
     @property
     def url(self) -> str:
@@ -203,8 +204,8 @@ class LoadBalancer:
         """Start and wait until the TLS port answers (and, by default, a healthy edge)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         argv, env = self.argv_env()
-        self.proc = rig.Proc(self.kind, argv, self.workdir / f"{self.kind}.log",
-                             env={**os.environ, **env}, cwd=self.workdir).start()
+        self.proc = self.spawn(self.kind, argv, self.workdir / f"{self.kind}.log",
+                               env={**os.environ, **env}, cwd=self.workdir, priority=60).start()
 
         def ready() -> bool:
             assert self.proc is not None
@@ -311,8 +312,9 @@ class LocalPlan:
             env["CAM_SERVER_URL_DOMAIN"] = self.url
         return env
 
-    def start(self, backends: Sequence[Backend]) -> LoadBalancer:
-        self.balancer = make(self.kind, self.workdir, backends, port=self.port).start(60)
+    def start(self, backends: Sequence[Backend], spawn: rig.Spawn = rig.Proc) -> LoadBalancer:
+        self.balancer = make(self.kind, self.workdir, backends, port=self.port,
+                             spawn=spawn).start(60)
         return self.balancer
 
     def stop(self) -> None:

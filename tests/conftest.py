@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +13,9 @@ import asyncpg
 import pytest
 
 from camclient import Client, login
-from camcore import accounts, bus, db, subjects, wire
-from camcore.errors import CamError
+from camcore import accounts, db
 from camctl import rig
+from camctl.cluster import Host, LocalCluster
 
 HEARTBEAT = "0.2"
 
@@ -46,122 +44,72 @@ async def pool(database: str) -> AsyncIterator[asyncpg.Pool]:
     await p.close()
 
 
-class Cluster:
-    """A NATS cluster plus our processes, all real, on loopback ports."""
+TEST_ENV = {
+    "CAM_HEARTBEAT_INTERVAL": HEARTBEAT,
+    "CAM_NODE_TIMEOUT": "2",
+    "CAM_DRAIN_SECONDS": "0.3",
+    "CAM_REPAIR_INTERVAL": "0.5",
+    "CAM_LOG_LEVEL": "INFO",
+}
+"""Short timers so that faults show within a test's patience."""
 
-    def __init__(self, workdir: Path, database: str, nats: rig.NatsCluster) -> None:
+
+class Cluster(LocalCluster):
+    """The local cluster builder with the tests' conveniences: one NATS server per host,
+    processes named by the test, and every host on 127.0.0.1 unless asked otherwise."""
+
+    def __init__(self, workdir: Path, database: str, nats_servers: int = 2, *,
+                 own_addresses: bool = False, supervised: bool = False) -> None:
+        super().__init__(workdir, hosts=nats_servers, supervised=supervised, autorestart=supervised,
+                         database_url=database, data_path=workdir / "data", logdir=workdir,
+                         own_addresses=own_addresses)
         self.workdir = workdir
         self.database = database
-        self.nats = nats
-        self.procs: dict[str, rig.Proc] = {}
-        self.edge_ports: dict[str, int] = {}
-        self.extra_env: dict[str, str] = {}
+        self.start_nats()
 
-    def env(self, **extra: str) -> dict[str, str]:
-        return {
-            "CAM_DATABASE_URL": self.database,
-            "CAM_NATS_URL": ",".join(self.nats.urls),
-            "CAM_SERVER_DATE_PATH": str(self.workdir / "data"),
-            "CAM_HEARTBEAT_INTERVAL": HEARTBEAT,
-            "CAM_NODE_TIMEOUT": "2",
-            "CAM_DRAIN_SECONDS": "0.3",
-            "CAM_REPAIR_INTERVAL": "0.5",
-            "CAM_LOG_LEVEL": "INFO",
-            **self.extra_env,
-            **extra,
-        }
+    def env(self, host: Host | None = None, **extra: str) -> dict[str, str]:
+        return {**TEST_ENV, **super().env(host or self.hosts[0], **extra)}
 
-    def start_chat(self, name: str = "chat1", **extra: str) -> rig.Proc:
-        proc = rig.service("chat", name, self.env(CAM_NODE_NAME=name, **extra), self.workdir)
-        self.procs[name] = proc.start()
-        return proc
+    def start_chat(self, name: str = "chat1", **extra: str) -> rig.Handle:
+        return self.start_service("chat", name, 0, **extra)
 
-    def start_presence(self, name: str = "presence1") -> rig.Proc:
-        proc = rig.service("presence", name, self.env(CAM_NODE_NAME=name), self.workdir)
-        self.procs[name] = proc.start()
-        return proc
+    def start_presence(self, name: str = "presence1") -> rig.Handle:
+        return self.start_service("presence", name, 0)
 
-    def start_video(self, name: str = "video1") -> rig.Proc:
-        proc = rig.service("video", name, self.env(CAM_NODE_NAME=name), self.workdir)
-        self.procs[name] = proc.start()
-        return proc
+    def start_video(self, name: str = "video1") -> rig.Handle:
+        return self.start_service("video", name, 0)
 
-    def start_health(self, name: str = "health1") -> rig.Proc:
-        proc = rig.service("health", name, self.env(CAM_NODE_NAME=name), self.workdir)
-        self.procs[name] = proc.start()
-        return proc
+    def start_health(self, name: str = "health1") -> rig.Handle:
+        return self.start_service("health", name, 0)
 
-    def start_edge(self, name: str, *, nats: int | None = None, **extra: str) -> rig.Proc:
-        port = self.edge_ports.get(name) or rig.free_port()
-        self.edge_ports[name] = port
-        env = self.env(CAM_NODE_NAME=name, CAM_HTTP_PORT=str(port), CAM_HTTP_HOST="127.0.0.1",
-                       **extra)
+    def start_edge(self, name: str, host: Host | int = 0, *, port: int = 0,  # type: ignore[override]
+                   nats: int | None = None, **extra: str) -> rig.Handle:
+        """An edge; with ``nats``, on that host and connected to its NATS server only."""
         if nats is not None:
-            env["CAM_NATS_URL"] = self.nats.url(nats)
-        proc = rig.service("edge", name, env, self.workdir)
-        self.procs[name] = proc.start()
-        return proc
+            host = nats
+            extra.setdefault("CAM_NATS_URL", self.nats_url(nats))
+        return super().start_edge(name, host, port=port, **extra)
 
-    def wait_services(self, timeout: float = 30.0) -> None:
-        """Until every started bus service answers (its queue subscription is in place)."""
-        probes = {"chat": (subjects.chat_rpc("room_heads"), wire.RoomHeads(rooms=[])),
-                  "presence": (subjects.presence_rpc("query"), wire.PresenceQuery(users=[])),
-                  "video": (subjects.video_rpc("admin"), wire.VideoAdmin(action="status"))}
-        wanted = [probes[k] for k in probes if any(n.startswith(k) for n in self.procs)]
-
-        async def probe() -> None:
-            # Through every NATS server: interest crosses routes asynchronously, so a
-            # service reachable from one server may not be from another yet.
-            for url in self.nats.urls:
-                nc = await bus.connect([url], "test-readiness", connect_deadline=timeout)
-                try:
-                    for subject, request in wanted:
-                        deadline = time.monotonic() + timeout
-                        while True:
-                            try:
-                                await bus.call(nc, subject, request, timeout=2)
-                                break
-                            except CamError:
-                                if time.monotonic() > deadline:
-                                    raise
-                                await asyncio.sleep(0.05)
-                finally:
-                    await nc.close()
-
-        if wanted:
-            with ThreadPoolExecutor(1) as pool:
-                pool.submit(asyncio.run, probe()).result()
+    def nats_url(self, i: int) -> str:
+        assert self.nats is not None
+        return self.nats.url(i)
 
     def wait_edges(self, *names: str, timeout: float = 30.0) -> None:
-        for name in names or tuple(self.edge_ports):
-            port, proc = self.edge_ports[name], self.procs[name]
-            rig.wait_for(lambda port=port, proc=proc: (proc.check_alive(), rig.edge_ready(port))[1],
-                         timeout, f"edge {name}")
+        self.wait_ready(*(names or tuple(self.edge_ports)), timeout=timeout)
         self.wait_services(timeout)
-
-    def http(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.edge_ports[name]}"
-
-    def ws(self, name: str) -> str:
-        return f"ws://127.0.0.1:{self.edge_ports[name]}/ws"
 
     async def connect(self, node: str, user: tuple[str, str], **kw: Any) -> Client:
         """Log ``user`` in on ``node`` and open an authenticated WebSocket there."""
         return await Client.connect(self.ws(node), await login(self.http(node), *user), **kw)
-
-    def stop(self) -> None:
-        for proc in reversed(list(self.procs.values())):
-            proc.stop()
-        self.nats.stop()
 
 
 @pytest.fixture
 def cluster_factory(tmp_path: Path, database: str) -> Iterator[Any]:
     made: list[Cluster] = []
 
-    def make(nats_servers: int = 2) -> Cluster:
-        nats = rig.NatsCluster(tmp_path / f"nats{len(made)}", size=nats_servers).start()
-        c = Cluster(tmp_path, database, nats)
+    def make(nats_servers: int = 2, **kw: Any) -> Cluster:
+        root = tmp_path if not made else tmp_path / f"cluster{len(made) + 1}"
+        c = Cluster(root, database, nats_servers, **kw)
         made.append(c)
         return c
 

@@ -90,8 +90,7 @@ def lb_cluster_in_own_database(postgres: rig.Postgres, workdir: Path) -> Iterato
     clusters: list[Cluster] = []
 
     def factory(nats_servers: int = 2) -> Cluster:
-        nats = rig.NatsCluster(workdir / "nats", size=nats_servers).start()
-        clusters.append(Cluster(workdir, dsn, nats))
+        clusters.append(Cluster(workdir, dsn, nats_servers))
         return clusters[-1]
 
     try:
