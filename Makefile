@@ -17,7 +17,14 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Conferences need Janus (Debian's janus): installed here when missing and run as root,
+# otherwise camctl up starts without video and says how to add it.
 up: $(STAMP)
+	@if ! command -v janus >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Janus for conferences (apt-get install janus)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq janus >/dev/null; } \
+	    || echo "could not install Janus; starting without video"; \
+	fi
 	$(VENV)/bin/camctl up $(ARGS)
 
 test: $(STAMP)
@@ -28,6 +35,7 @@ unit: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

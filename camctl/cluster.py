@@ -403,7 +403,7 @@ class LocalCluster:
             "edges": {n.split("/")[0]: self.http(n) for n in self.edge_ports},
             "load_balancer": self.balancer.url if self.balancer else None,
             "processes": {n: {"host": self.host_of[n], "ports": self.ports.get(n, {}),
-                              "log": str(p.log_path), "program": n.replace("/", "-")}
+                              "log": str(p.log_path), "program": p.name}
                           for n, p in self.procs.items()},
         }
 

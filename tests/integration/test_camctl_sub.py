@@ -21,19 +21,11 @@ from camclient.client import Client, login
 from camctl import lb, rig
 
 
-def _two_free_ports() -> int:
-    for _ in range(50):
-        port = rig.free_port()
-        if port < 65000 and not rig.port_open(port + 1):
-            return port
-    pytest.fail("no two consecutive free ports")
-
-
 class Up:
     """A running ``camctl up`` and what it printed."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.base, self.lb_port = _two_free_ports(), rig.free_port()
+        self.base, self.lb_port = rig.free_port(), rig.free_port()
         self.env = {**os.environ, "CAM_SERVER_DATE_PATH": str(tmp_path / "data"),
                     "PYTHONUNBUFFERED": "1", "CAM_DRAIN_SECONDS": "0.3"}
         self.out = tmp_path / "up.out"
@@ -88,14 +80,14 @@ async def test_camctl_up_puts_a_load_balancer_in_front_and_sub_prints_the_bus(up
         assert (health.status_code, health.content) == lb.HEALTH_OK
         info = (await http.get("/api/cluster")).json()
     assert info["load_balancer"] is True and info["client"]["scheme"] == "https"
-    # Each edge lists its own host first.
-    own = f"127.0.0.1:{up.base if info['node'] == 'camserver1' else up.base + 1}"
+    # Each edge lists its own host first; camserverN listens on 127.0.1.N.
+    own = f"127.0.1.{info['node'][-1]}:{up.base}"
     assert info["own_host"] == info["hosts"][0] == own
-    assert sorted(info["hosts"]) == sorted([f"127.0.0.1:{up.base}", f"127.0.0.1:{up.base + 1}"])
+    assert sorted(info["hosts"]) == [f"127.0.1.1:{up.base}", f"127.0.1.2:{up.base}"]
 
     # The other commands docker-compose.yml runs, against this cluster: the edge
     # healthcheck and the one-shot migration (already applied by camctl up).
-    probe = up.run("camctl.lb", "probe", f"http://127.0.0.1:{up.base}/CAMServer/healthCheck")
+    probe = up.run("camctl.lb", "probe", f"http://127.0.1.1:{up.base}/CAMServer/healthCheck")
     assert probe.returncode == 0, probe.stderr
     migrate = up.run("camctl.cli", "migrate")
     assert migrate.returncode == 0 and "up to date" in migrate.stdout, migrate.stderr

@@ -1,51 +1,162 @@
-"""The local cluster runner, used as a newcomer would: start, check health, Ctrl-C."""
+"""The local cluster runner, used as a newcomer and an operator would: ``make up`` in a
+fresh clone, the printed login hint, conferences, then ``camctl status``, ``restart``,
+``logs``, ``kill-host``, ``start-host`` and ``down`` from another terminal; and no
+process left behind when ``camctl`` itself is killed."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import psutil
 import pytest
 
 from camctl import rig
 
-
-def _two_free_ports() -> int:
-    for _ in range(50):
-        port = rig.free_port()
-        if port < 65000 and not rig.port_open(port + 1):
-            return port
-    pytest.fail("no two consecutive free ports")
+REPO = Path(__file__).resolve().parents[2]
 
 
-def test_camctl_up_starts_a_healthy_two_node_cluster_and_stops_cleanly(tmp_path: Path):
-    base = _two_free_ports()
-    env = {**os.environ, "CAM_SERVER_DATE_PATH": str(tmp_path / "data"), "PYTHONUNBUFFERED": "1"}
-    with open(tmp_path / "up.out", "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "camctl.cli", "up", "--base-port", str(base)],
-            stdout=out, stderr=subprocess.STDOUT, env=env)
+class Up:
+    """A running ``make up`` / ``camctl up`` and what it printed."""
+
+    def __init__(self, tmp_path: Path, argv: list[str], cwd: Path = REPO, *,
+                 make: bool = False) -> None:
+        self.data = tmp_path / "data"
+        self.base, self.lb_port = rig.free_port(), rig.free_port()
+        self.env = {**os.environ, "CAM_SERVER_DATE_PATH": str(self.data), "PYTHONUNBUFFERED": "1",
+                    "CAM_DRAIN_SECONDS": "0.3"}
+        self.out = tmp_path / "up.out"
+        options = ["--base-port", str(self.base), "--lb-port", str(self.lb_port)]
+        argv = [*argv, "ARGS=" + " ".join(options)] if make else [*argv, *options]
+        with open(self.out, "wb") as out:
+            # Its own process group, as a terminal gives it: Ctrl-C reaches make and camctl.
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=self.env,
+                                         cwd=cwd, start_new_session=True)
+        rig.wait_for(self.started, 180, "the cluster to be up")
+        self.children = {p.pid: p for p in psutil.Process(self.proc.pid).children(recursive=True)}
+
+    def started(self) -> bool:
+        if self.proc.poll() is not None:
+            pytest.fail(f"camctl up exited with {self.proc.returncode}:\n{self.text()}")
+        return "The cluster is up" in self.text()
+
+    def text(self) -> str:
+        return self.out.read_text(errors="replace")
+
+    def camctl(self, *argv: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
+        """``camctl`` from another terminal."""
+        return subprocess.run([sys.executable, "-m", "camctl.cli", *argv], capture_output=True,
+                              text=True, env=self.env, timeout=timeout)
+
+    def status(self) -> dict[str, list[str]]:
+        r = self.camctl("status")
+        assert r.returncode == 0, r.stderr
+        rows = [line.split() for line in r.stdout.splitlines()[1:] if line and "/" in line.split()[0]]
+        return {row[0]: row[1:] for row in rows}
+
+    def leftovers(self) -> list[str]:
+        """The processes started for this cluster that still run."""
+        left = []
+        for proc in self.children.values():
+            try:
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    left.append(" ".join(proc.cmdline())[:120])
+            except psutil.NoSuchProcess:
+                pass
+        return left
+
+
+@pytest.fixture
+def fresh_clone(tmp_path: Path) -> Iterator[Path]:
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    # Uncommitted work is part of what is tested when run from a work tree.
+    diff = subprocess.run(["git", "-C", str(REPO), "diff", "HEAD"], capture_output=True, check=True)
+    if diff.stdout:
+        subprocess.run(["git", "-C", str(clone), "apply", "--whitespace=nowarn"], input=diff.stdout,
+                       check=True)
+    yield clone
+
+
+def test_make_up_in_a_fresh_clone_runs_conferences_and_the_login_hint_works(
+        tmp_path: Path, fresh_clone: Path):
+    venv = Path(sys.executable).parent.parent  # the venv `make` would make, already made
+    # -o: the venv counts as installed (make must not reinstall it from the clone).
+    up = Up(tmp_path, ["make", "--no-print-directory", "-o", f"{venv}/.installed", "up",
+                       f"VENV={venv}"], cwd=fresh_clone, make=True)
     try:
-        rig.wait_for(lambda: proc.poll() is None and b"The cluster is up" in
-                     (tmp_path / "up.out").read_bytes(), 120, "camctl up")
-        text = (tmp_path / "up.out").read_text()
-        assert f"camserver1: http://127.0.0.1:{base}/" in text
-        assert f"camserver2: http://127.0.0.1:{base + 1}/" in text
-        assert "log in as 'admin'" in text
-        for port in (base, base + 1):
-            assert rig.http_get(f"http://127.0.0.1:{port}/CAMServer/healthCheck") == (
-                200, b'{"status":200}')
-        assert (tmp_path / "data" / "postgres" / "PG_VERSION").exists()  # under serverDatePath
+        text = up.text()
+        assert "video: 2 Janus servers" in text, text
+        for i in (1, 2):
+            assert f"camserver{i}: http://127.0.1.{i}:{up.base}/" in text
+        # The printed login command works as printed.
+        hint = re.search(r"(curl -s -X POST .*/api/login)", text)
+        assert hint, text
+        argv = shlex.split(hint.group(1))
+        body = argv[argv.index("-d") + 1]
+        url = argv[-1]
+        assert url == f"http://127.0.1.1:{up.base}/api/login"
+        r = httpx.post(url, content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 200 and r.json()["token"], r.text
+
+        # Conferences: every Janus is healthy in the allocator's view.
+        video = up.camctl("video", "status")
+        assert video.returncode == 0, video.stderr
+        servers = json.loads(video.stdout)["servers"]
+        assert sorted(s["name"] for s in servers) == ["camserver1", "camserver2"]
+        assert all(s["healthy"] for s in servers), servers
+
+        status = up.status()
+        for host in ("camserver1", "camserver2"):
+            for part in ("edge", "nats", "chat1", "presence1", "health", "video", "janus"):
+                assert status[f"{host}/{part}"][1] == "RUNNING", status
+        assert status["camserver1/postgres"][1] == "RUNNING"
+        assert status["lb/caddy"][1] == "RUNNING"
+        old_pid = status["camserver2/chat1"][2]
+
+        restart = up.camctl("restart", "camserver2/chat1")
+        assert restart.returncode == 0 and "RUNNING" in restart.stdout, restart.stderr
+        rig.wait_for(lambda: up.status()["camserver2/chat1"][4] == "1", 10, "restart counted")
+        assert up.status()["camserver2/chat1"][2] != old_pid
+
+        logs = up.camctl("logs", "camserver1/edge", "-n", "5")
+        assert logs.returncode == 0 and "cam-edge" in logs.stdout, logs.stdout + logs.stderr
+        assert len(logs.stdout.splitlines()) <= 5
+
+        killed = up.camctl("kill-host", "camserver2")
+        assert killed.returncode == 0, killed.stderr
+        rig.wait_for(lambda: all(v[1] == "HOST" for k, v in up.status().items()
+                                 if k.startswith("camserver2/")), 15, "camserver2 shown down")
+        assert rig.edge_ready(up.base, "127.0.1.1")  # the other host keeps serving
+        assert "camserver2: killed" in up.text()
+        back = up.camctl("start-host", "camserver2")
+        assert back.returncode == 0, back.stdout + back.stderr
+        assert rig.edge_ready(up.base, "127.0.1.2")
+
+        down = up.camctl("down")
+        assert down.returncode == 0, down.stderr
+        assert up.proc.wait(30) == 0, up.text()
     finally:
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(60)
-    assert code == 0, (tmp_path / "up.out").read_text()
-    time.sleep(0.2)
-    for port in (base, base + 1):
-        assert not rig.port_open(port)
-    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
-    assert leftovers.stdout.strip() == "", "processes left running after Ctrl-C"
+        if up.proc.poll() is None:
+            os.killpg(up.proc.pid, signal.SIGINT)  # Ctrl-C
+            up.proc.wait(90)
+    assert not rig.port_open(up.base, "127.0.1.1") and not rig.port_open(up.lb_port)
+    rig.wait_for(lambda: up.leftovers() == [], 10, "no process left after camctl down")
+
+
+def test_killing_camctl_with_sigkill_leaves_no_process_behind(tmp_path: Path):
+    up = Up(tmp_path, [sys.executable, "-m", "camctl.cli", "up", "--no-video"])
+    # Supervisors, NATS, PostgreSQL and its workers, services, edges, the load balancer.
+    assert len(up.leftovers()) >= 12, up.leftovers()
+    up.proc.kill()
+    up.proc.wait(10)
+    rig.wait_for(lambda: up.leftovers() == [], 60, "every child of camctl to be gone")
+    assert not rig.port_open(up.base, "127.0.1.1")
