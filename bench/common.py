@@ -22,6 +22,7 @@ import psutil
 
 from camcore import accounts, db
 from camctl import rig
+from camctl.cluster import LocalCluster
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SOCKETIO_DIR = Path(__file__).resolve().parent / "socketio"
@@ -34,62 +35,47 @@ LOAD_CPUS: set[int] = {_CPUS[0]} if len(_CPUS) >= 2 else set(_CPUS)
 SERVER_CPUS: set[int] = {_CPUS[1]} if len(_CPUS) >= 2 else set(_CPUS)
 
 
-class BenchCluster:
+class BenchCluster(LocalCluster):
+    """The local cluster builder with a throwaway root: one NATS server per two edges'
+    worth of hosts (two), PostgreSQL, chat and presence replicas, edges on 127.0.0.1."""
+
     def __init__(self, *, edges: int = 2, chat: int = 1, presence: int = 2,
                  extra_env: dict[str, str] | None = None, edge_module: str | None = None) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="cam-bench-"))
-        self.nats = rig.NatsCluster(self.tmp / "logs", size=2)
-        self.pg = rig.Postgres(self.tmp / "pg")
+        super().__init__(self.tmp, hosts=2, data_path=self.tmp / "data", logdir=self.tmp / "logs",
+                         own_addresses=False,
+                         env={"CAM_LOG_LEVEL": "WARNING", **(extra_env or {})})
         self.n_edges, self.n_chat, self.n_presence = edges, chat, presence
-        self.extra_env = extra_env or {}
         self.edge_module = edge_module  # run edges as ``python -m edge_module`` (what-if variants)
-        self.procs: dict[str, rig.Proc] = {}
-        self.ports: dict[str, int] = {}
         self.dsn = ""
 
-    def env(self, name: str) -> dict[str, str]:
-        return {"CAM_DATABASE_URL": self.dsn, "CAM_NATS_URL": ",".join(self.nats.urls),
-                "CAM_SERVER_DATE_PATH": str(self.tmp / "data"), "CAM_NODE_NAME": name,
-                "CAM_LOG_LEVEL": "WARNING", **self.extra_env}
-
     async def start(self) -> BenchCluster:
-        self.nats.start()
-        await asyncio.to_thread(self.pg.start)
-        self.dsn = await asyncio.to_thread(self.pg.create_database, "cam")
+        await asyncio.to_thread(self.start_nats)
+        self.dsn = await asyncio.to_thread(self.start_postgres, self.tmp / "pg")
         await db.migrate(self.dsn)
-        logs = self.tmp / "logs"
         for i in range(self.n_chat):
-            self.procs[f"chat{i + 1}"] = rig.service("chat", f"chat{i + 1}",
-                                                     self.env(f"chat{i + 1}"), logs).start()
+            self.start_service("chat", f"chat{i + 1}", i)
         for i in range(self.n_presence):
-            name = f"presence{i + 1}"
-            self.procs[name] = rig.service("presence", name, self.env(name), logs).start()
+            self.start_service("presence", f"presence{i + 1}", i)
         for i in range(self.n_edges):
             name = f"camserver{i + 1}"
-            port = self.ports[name] = rig.free_port()
-            env = {**self.env(name), "CAM_HTTP_PORT": str(port), "CAM_HTTP_HOST": "127.0.0.1",
-                   "CAM_NATS_URL": self.nats.url(i % 2)}
-            proc = rig.service("edge", name, env, logs)
+            # Edge i on NATS server i % 2 only, so cross-node traffic crosses a route.
+            proc = self.start_edge(name, i, CAM_NATS_URL=self.nats_urls()[i % 2])
             if self.edge_module:
+                proc.stop()
+                assert isinstance(proc, rig.Proc)
                 proc.argv = [sys.executable, "-m", self.edge_module]
                 proc.cwd = RESULTS.parent.parent
-            self.procs[name] = proc.start()
-        for name, port in self.ports.items():
-            await asyncio.to_thread(rig.wait_for, lambda port=port: rig.edge_ready(port), 60, name)
+                proc.start()
+        await asyncio.to_thread(self.wait_ready, *self.edge_ports)
         return self
 
     def ws(self, name: str) -> str:
-        return f"ws://127.0.0.1:{self.ports[name]}/ws"
+        return f"ws://127.0.0.1:{self.edge_ports[name]}/ws"
 
     def pids(self) -> dict[str, int]:
         """Top process of every server of the cluster, by name."""
-        out = {name: p.pid for name, p in self.procs.items() if p.alive()}
-        for i, p in enumerate(self.nats.procs):
-            if p.alive():
-                out[f"nats{i + 1}"] = p.pid
-        if self.pg.proc is not None and self.pg.proc.alive():
-            out["postgres"] = self.pg.proc.pid
-        return out
+        return {name: p.pid for name, p in self.procs.items() if p.alive()}
 
     def pin(self, cpus: set[int] | None = None) -> list[int]:
         """Pin every server process of the cluster (and PostgreSQL's backends) to ``cpus``."""
@@ -138,10 +124,7 @@ class BenchCluster:
         return await db.create_pool(self.dsn, max_size=4)
 
     def stop(self) -> None:
-        for p in reversed(list(self.procs.values())):
-            p.stop()
-        self.nats.stop()
-        self.pg.stop()
+        super().stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

@@ -42,8 +42,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         await cluster.start()
         for i in range(2):
             name = f"video{i + 1}"
-            cluster.procs[name] = rig.service("video", name, cluster.env(name),
-                                              cluster.tmp / "logs").start()
+            cluster.start_service("video", name, i)
         users = await cluster.make_users_fast(1)
         uid = users[0][0]
         rooms = [await cluster.make_room(f"r{i}", [uid]) for i in range(args.rooms)]
