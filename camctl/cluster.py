@@ -61,7 +61,7 @@ class LocalCluster:
                  autorestart: bool = True, fixed_ports: bool = False,
                  database_url: str = "", data_path: Path | None = None,
                  env: Mapping[str, str] | None = None, logdir: Path | None = None,
-                 own_addresses: bool = True) -> None:
+                 own_addresses: bool = True, start_retries: int = 5) -> None:
         self.root = root.resolve()
         # own_addresses=False puts every host on 127.0.0.1 (ports still per process).
         self.hosts = [Host.numbered(i, own_addresses) for i in range(hosts)]
@@ -70,6 +70,7 @@ class LocalCluster:
         self.rundir = self.root / "run"
         self.data_path = data_path or self.root / "data"
         self.supervised, self.autorestart, self.fixed_ports = supervised, autorestart, fixed_ports
+        self.start_retries = start_retries
         self.database_url = database_url
         self.extra_env: dict[str, str] = dict(env or {})
         self.procs: dict[str, rig.Handle] = {}
@@ -104,7 +105,8 @@ class LocalCluster:
     def supervisor(self, host: Host) -> HostSupervisor:
         sup = self.supervisors.get(host.name)
         if sup is None:
-            sup = HostSupervisor(host.name, self.rundir, self.logdir, autorestart=self.autorestart)
+            sup = HostSupervisor(host.name, self.rundir, self.logdir, autorestart=self.autorestart,
+                                 start_retries=self.start_retries)
             self.supervisors[host.name] = sup.start()
         return sup
 

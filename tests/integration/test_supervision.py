@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ import asyncpg
 import pytest
 
 from camclient import Client, login
-from camctl.cluster import LocalCluster
+from camctl.cluster import LocalCluster, Watcher
 from tests.conftest import Cluster
 from tests.integration.test_faults import Rig
 
@@ -196,3 +197,34 @@ async def _all(get: Callable[[], Any], value: str) -> bool:
 
 async def _first(get: Callable[[], Any], value: str) -> bool:
     return value in await get()
+
+
+def test_a_crash_loop_is_reported_and_a_program_that_cannot_start_ends_fatal(tmp_path: Path):
+    c = LocalCluster(tmp_path, hosts=1, supervised=True, start_retries=2)
+    h = c.hosts[0]
+    spawn = c.spawner(h)
+    programs = {
+        # Dies at once, every time: retried with backoff, then FATAL with its last words.
+        "broken": "print('cannot start: bad config', flush=True); raise SystemExit(3)",
+        # Runs past the start window, then dies: restarted each time, and flagged.
+        "flapping": "import time; time.sleep(2.3); raise SystemExit(1)",
+    }
+    for name, code in programs.items():
+        proc = spawn(name, [sys.executable, "-c", code], tmp_path / f"{name}.log")
+        c._track(name, h, proc.start(), {})
+    watcher = Watcher(c)
+    said: list[str] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not (any("FATAL" in line for line in said) and any("WARNING" in line for line in said)):
+            assert time.monotonic() < deadline, said
+            said += list(watcher.poll())
+            time.sleep(0.2)
+    finally:
+        c.stop()
+    fatal = next(line for line in said if "FATAL" in line)
+    assert fatal.startswith("camserver1/broken: FATAL") and "cannot start: bad config" in fatal
+    warning = next(line for line in said if "WARNING" in line)
+    assert warning.startswith("camserver1/flapping: WARNING crashed 3 times")
+    assert watcher.restarts["camserver1/flapping"] >= 3
+    assert not c.supervisors["camserver1"].alive()  # stopped with the cluster
