@@ -154,11 +154,11 @@ class Client:
 
     async def send(self, room: int, body: str, cid: str | None = None) -> dict[str, Any]:
         """Send a message; returns the acknowledgement (room, seq, cid, ts)."""
-        return await self.request("send", room=room, body=body,  # type: ignore[no-any-return]
+        return await self.request("send", room=room, body=body,
                                   cid=cid or uuid.uuid4().hex)
 
     async def history(self, room: int, **page: Any) -> dict[str, Any]:
-        return await self.request("history", room=room, **page)  # type: ignore[no-any-return]
+        return await self.request("history", room=room, **page)
 
     async def next_event(self, op: str | None = None, *, timeout: float = 10.0,
                          where: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:

@@ -159,7 +159,7 @@ class Session:
     async def send(self, room: int, body: str, cid: str | None = None, *,
                    deadline: float = 60.0) -> dict[str, Any]:
         """Send until acknowledged; every attempt uses the same client message id."""
-        return await self.request("send", deadline=deadline, room=room, body=body,  # type: ignore[no-any-return]
+        return await self.request("send", deadline=deadline, room=room, body=body,
                                   cid=cid or uuid.uuid4().hex)
 
     async def close(self) -> None:

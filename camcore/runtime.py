@@ -8,7 +8,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from .config import ConfigError, Settings, load_settings
 
@@ -30,7 +31,7 @@ def load_or_exit(config: str | None) -> Settings:
         raise SystemExit(2) from None
 
 
-def service_main(name: str, serve: Callable[[Settings], Awaitable[None]]) -> None:
+def service_main(name: str, serve: Callable[[Settings], Coroutine[Any, Any, None]]) -> None:
     """Standard ``main`` of a bus service: ``--config boot.ini``, then serve until a signal."""
     parser = argparse.ArgumentParser(prog=name)
     parser.add_argument("--config", help="path to boot.ini (default: $CAM_BOOT_INI)")

@@ -221,7 +221,7 @@ class RoomHeads(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 #: Chat op name (the last subject token) -> request struct.
-CHAT_OPS: Final[dict[str, type[ChatRequest]]] = {
+CHAT_OPS: Final[dict[str, type[msgspec.Struct]]] = {
     "create_room": CreateRoom,
     "open_direct": OpenDirect,
     "invite": Invite,

@@ -37,10 +37,11 @@ def _data_root(settings: Settings) -> Path:
     return Path(settings.server_date_path).expanduser().resolve()
 
 
-def _state(settings: Settings) -> dict[str, object]:
+def _state(settings: Settings) -> dict[str, Any]:
     path = _data_root(settings) / "run" / cluster.STATE_FILE
     try:
-        return json.loads(path.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+        state: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return state
     except (OSError, ValueError):
         return {}
 

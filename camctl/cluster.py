@@ -16,6 +16,7 @@ whole, as ``camctl up`` runs them).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import secrets
@@ -170,7 +171,7 @@ class LocalCluster:
         for i, (h, proc) in enumerate(zip(hosts, self.nats.procs, strict=True)):
             self._track(self.nats.names[i], h, proc, {"client": self.nats.client_ports[i],
                                              "route": self.nats.route_ports[i]},
-                        lambda i=i: self.nats.ready(i))  # type: ignore[union-attr]
+                        functools.partial(self.nats.ready, i))
         self.nats.start()
         return self.nats
 
@@ -394,7 +395,7 @@ class LocalCluster:
     def state(self) -> dict[str, Any]:
         """What ``camctl status``, ``restart``, ``logs`` and ``down`` read from another
         terminal: every host, its supervisor socket and every process with its ports."""
-        hosts = {h.name: {"address": h.address} for h in self.hosts}
+        hosts: dict[str, dict[str, Any]] = {h.name: {"address": h.address} for h in self.hosts}
         for name, sup in self.supervisors.items():
             hosts.setdefault(name, {"address": LB_ADDRESS})
             hosts[name].update({"socket": str(sup.sock), "supervisor_pid": sup.pid})

@@ -6,6 +6,7 @@ operator runs. Everything binds to loopback.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -21,7 +22,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 PG_USER = "camdb"  # PostgreSQL refuses to run as root; this account runs it then.
 
@@ -70,7 +71,7 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return 0, b""
 
 
-def as_user(user: str | None) -> dict[str, object]:
+def as_user(user: str | None) -> dict[str, Any]:
     """subprocess arguments that drop to ``user`` with its own group and no others."""
     if user is None:
         return {}
@@ -229,13 +230,18 @@ class NatsCluster:
         for p in self.procs:
             p.start()
         for i, p in enumerate(self.procs):
-            wait_for(lambda i=i, p=p: (p.check_alive(), self.ready(i))[1],
-                     timeout, f"nats-server {p.name}")
+            wait_for(functools.partial(self._serving, i), timeout, f"nats-server {p.name}")
         # Routes form asynchronously; give them a moment so the first publishes cross.
-        for p in self.procs:
-            wait_for(lambda p=p: b"route" in p.log_path.read_bytes().lower()
-                     or len(self.procs) == 1, timeout, f"routes of {p.name}")
+        for i, p in enumerate(self.procs):
+            wait_for(functools.partial(self._routed, i), timeout, f"routes of {p.name}")
         return self
+
+    def _serving(self, i: int) -> bool:
+        self.procs[i].check_alive()
+        return self.ready(i)
+
+    def _routed(self, i: int) -> bool:
+        return len(self.procs) == 1 or b"route" in self.procs[i].log_path.read_bytes().lower()
 
     def restart(self, i: int) -> None:
         self.procs[i].stop()
