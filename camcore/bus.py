@@ -58,7 +58,7 @@ async def connect(
                 connect_timeout=2,
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
+                reconnect_time_wait=0.5,  # type: ignore[arg-type]  # seconds; the stub says int
                 ping_interval=5,
                 max_outstanding_pings=2,
                 error_cb=on_error,

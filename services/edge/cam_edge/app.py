@@ -115,10 +115,10 @@ def create_app(settings: Settings) -> Starlette:
             await pool.close()
 
     def edge() -> Edge:
-        return state["edge"]  # type: ignore[no-any-return]
+        return state["edge"]
 
     async def health(request: Request) -> Response:
-        return await state["health"].endpoint(request)  # type: ignore[no-any-return]
+        return await state["health"].endpoint(request)
 
     async def read_json(request: Request, type_: type[Any]) -> Any:
         body = await request.body()

@@ -284,23 +284,23 @@ class Connection:
                 "resync": resync}
 
     async def op_rooms(self, frame: wire.ListRoomsFrame) -> dict[str, Any]:
-        return await self.edge.chat("list_rooms", wire.ListRooms(user_id=self.uid))  # type: ignore[no-any-return]
+        return await self.edge.chat("list_rooms", wire.ListRooms(user_id=self.uid))
 
     async def op_create_room(self, frame: wire.CreateRoomFrame) -> dict[str, Any]:
         room = await self.edge.chat(
             "create_room", wire.CreateRoom(user_id=self.uid, name=frame.name, members=frame.members)
         )
         await self._track(room["id"], room["last_seq"])
-        return room  # type: ignore[no-any-return]
+        return room
 
     async def op_open_direct(self, frame: wire.OpenDirectFrame) -> dict[str, Any]:
         room = await self.edge.chat("open_direct", wire.OpenDirect(user_id=self.uid, peer=frame.user))
         if room["id"] not in self.cursors:
             await self._track(room["id"], room["last_seq"])
-        return room  # type: ignore[no-any-return]
+        return room
 
     async def op_invite(self, frame: wire.InviteFrame) -> dict[str, Any]:
-        return await self.edge.chat(  # type: ignore[no-any-return]
+        return await self.edge.chat(
             "invite", wire.Invite(user_id=self.uid, room=frame.room, users=frame.users)
         )
 
@@ -309,19 +309,19 @@ class Connection:
             raise CamError(
                 f"message is {len(frame.body)} characters; the limit is "
                 f"{self.edge.settings.max_message_chars}", errors.MESSAGE_TOO_LARGE)
-        return await self.edge.chat(  # type: ignore[no-any-return]
+        return await self.edge.chat(
             "send", wire.SendMessage(user_id=self.uid, room=frame.room, cid=frame.cid,
                                      body=frame.body)
         )
 
     async def op_history(self, frame: wire.HistoryFrame) -> dict[str, Any]:
-        return await self.edge.chat(  # type: ignore[no-any-return]
+        return await self.edge.chat(
             "history", wire.History(user_id=self.uid, room=frame.room, before=frame.before,
                                     after=frame.after, limit=frame.limit)
         )
 
     async def op_members(self, frame: wire.MembersFrame) -> dict[str, Any]:
-        return await self.edge.chat(  # type: ignore[no-any-return]
+        return await self.edge.chat(
             "members", wire.Members(user_id=self.uid, room=frame.room)
         )
 
@@ -345,7 +345,7 @@ class Connection:
         return {"room": frame.room, "last_seq": last, "since": since, "resync": resync}
 
     async def op_set_status(self, frame: wire.SetStatusFrame) -> dict[str, Any]:
-        return await bus.call(  # type: ignore[no-any-return]
+        return await bus.call(
             self.edge.nc, subjects.presence_rpc("set_status"),
             wire.SetStatus(user_id=self.uid, status=frame.status))
 
@@ -401,7 +401,7 @@ class Connection:
                 await self.edge.hub.leave_conference(frame.room, self)
             raise
         self.conferences.add(frame.room)
-        return result  # type: ignore[no-any-return]
+        return result
 
     async def op_conf_leave(self, frame: wire.ConfLeaveFrame) -> dict[str, Any]:
         if frame.room not in self.conferences:
@@ -417,15 +417,15 @@ class Connection:
         await self.edge.hub.leave_conference(frame.room, self)
         if result is None:
             raise CamError("not in this conference", errors.NOT_IN_CONFERENCE)
-        return result  # type: ignore[no-any-return]
+        return result
 
     async def op_conf_participants(self, frame: wire.ConfParticipantsFrame) -> dict[str, Any]:
         self._require_member(frame.room)
-        return await self._video("participants", wire.ConfParticipants(room=frame.room))  # type: ignore[no-any-return]
+        return await self._video("participants", wire.ConfParticipants(room=frame.room))
 
     async def op_conf_explain(self, frame: wire.ConfExplainFrame) -> dict[str, Any]:
         self._require_member(frame.room)
-        return await self._video("explain", wire.ConfExplain(room=frame.room))  # type: ignore[no-any-return]
+        return await self._video("explain", wire.ConfExplain(room=frame.room))
 
     async def op_conf_signal(self, frame: wire.ConfSignalFrame) -> dict[str, Any]:
         if frame.room not in self.conferences:

@@ -75,7 +75,7 @@ class PresenceAgent:
         self._wake.set()
 
     async def _call(self, op: str, request: msgspec.Struct) -> dict[str, Any]:
-        return await bus.call(self.nc, subjects.presence_rpc(op), request,  # type: ignore[no-any-return]
+        return await bus.call(self.nc, subjects.presence_rpc(op), request,
                               timeout=5)
 
     async def _step(self) -> None:

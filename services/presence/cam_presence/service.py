@@ -161,7 +161,7 @@ class PresenceService(ReplicaBase):
             changes = await self._recompute(conn, users)
             return {"sync": await self._digest(conn, req.node) != (req.count, req.digest)}, changes
 
-        return await self._transact(work)  # type: ignore[no-any-return]
+        return await self._transact(work)
 
     async def beat(self, req: wire.PresenceBeat) -> dict[str, Any]:
         async def work(conn: asyncpg.Connection) -> tuple[dict[str, Any], list[wire.PresenceState]]:
@@ -169,7 +169,7 @@ class PresenceService(ReplicaBase):
                 return {"sync": True}, []
             return {"sync": await self._digest(conn, req.node) != (req.count, req.digest)}, []
 
-        return await self._transact(work)  # type: ignore[no-any-return]
+        return await self._transact(work)
 
     async def sync(self, req: wire.PresenceSync) -> dict[str, Any]:
         async def work(conn: asyncpg.Connection) -> tuple[dict[str, Any], list[wire.PresenceState]]:
@@ -193,14 +193,14 @@ class PresenceService(ReplicaBase):
             return {"sync": False, "sessions": len(req.sessions)}, await self._recompute(conn, users)
 
         log.info("sync from %s: %d sessions", req.node, len(req.sessions))
-        return await self._transact(work)  # type: ignore[no-any-return]
+        return await self._transact(work)
 
     async def node_down(self, req: wire.NodeDown) -> dict[str, Any]:
         async def work(conn: asyncpg.Connection) -> tuple[dict[str, Any], list[wire.PresenceState]]:
             return await self._drop_node(conn, req.node, req.boot_id)
 
         log.info("node %s shut down", req.node)
-        return await self._transact(work)  # type: ignore[no-any-return]
+        return await self._transact(work)
 
     async def _drop_node(
         self, conn: asyncpg.Connection, node: str, boot_id: str | None
@@ -233,7 +233,7 @@ class PresenceService(ReplicaBase):
             )
             return {"status": req.status, "shown": shown}, changes
 
-        return await self._transact(work)  # type: ignore[no-any-return]
+        return await self._transact(work)
 
     async def query(self, req: wire.PresenceQuery) -> dict[str, Any]:
         rows = await self.pool.fetch(

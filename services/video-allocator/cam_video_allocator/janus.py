@@ -47,7 +47,7 @@ class Janus:
     async def info(self) -> dict[str, Any]:
         try:
             r = await self._http.get(self.url + "/info")
-            return r.json()  # type: ignore[no-any-return]
+            return r.json()
         except (httpx.HTTPError, ValueError) as exc:
             raise JanusError(f"{self.url}: {exc}") from None
 
