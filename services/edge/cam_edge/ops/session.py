@@ -1,0 +1,65 @@
+"""Session ops: ``ping`` and ``auth``, the only ops a connection may use before ``auth``.
+
+``auth`` resolves the session token (the accounts tables), subscribes to the user's
+events (``cam.user.<id>``) and starts delivering every room of the user, from the
+resume point the client gave or from the room's head.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from camcore import PROTOCOL_VERSION, accounts, db, errors, protocol, wire
+from camcore.errors import CamError, Unavailable
+
+from .registry import OpGroup
+
+if TYPE_CHECKING:
+    from ..connection import Connection
+
+ops = OpGroup("session")
+
+
+@ops.handles(wire.Ping, anonymous=True)
+async def ping(conn: Connection, frame: wire.Ping) -> dict[str, Any]:
+    return {"pong": True}
+
+
+@ops.handles(wire.Auth, anonymous=True)
+async def auth(conn: Connection, frame: wire.Auth) -> dict[str, Any]:
+    if frame.v != PROTOCOL_VERSION:
+        raise CamError(f"protocol version {frame.v} is not supported; this server speaks "
+                       f"{PROTOCOL_VERSION}", errors.UNSUPPORTED_VERSION)
+    if conn.user is not None:
+        raise CamError("already authenticated", errors.ALREADY_AUTHENTICATED)
+    token = frame.token or conn.cookie_token
+    if not token:
+        raise CamError("no session token (log in first)", errors.UNAUTHENTICATED)
+    try:
+        user = await accounts.resolve_session(conn.edge.pool, token)
+    except db.UNAVAILABLE_ERRORS as exc:
+        raise Unavailable("database unavailable") from exc
+    if user is None:
+        raise CamError("session is invalid, expired or revoked", errors.UNAUTHENTICATED)
+    # Subscribe to the user's events before listing rooms, so no room added in
+    # between is missed; until the listing succeeds the connection stays anonymous.
+    await conn.edge.hub.add_user(user.id, conn)
+    try:
+        listing = await conn.edge.chat("list_rooms", wire.ListRooms(user_id=user.id))
+    except BaseException:
+        await conn.edge.hub.remove_user(user.id, conn)
+        raise
+    conn.authenticated(user, token)
+    rooms = listing["rooms"]
+    resume = frame.resume or {}
+    resync = []
+    for room in rooms:
+        head = room["last_seq"]
+        since = min(resume.get(str(room["id"]), head), head)
+        if head - since > protocol.RESUME_MAX_MESSAGES:
+            resync.append(room["id"])
+            since = head
+        await conn.track(room["id"], since, recheck=False)
+    await conn.recheck(list(conn.cursors))
+    return {"user": user.public(), "rooms": rooms, "node": conn.edge.settings.node_name,
+            "resync": resync}
