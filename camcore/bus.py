@@ -16,7 +16,6 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from . import errors, subjects
-from .db import UNAVAILABLE_ERRORS
 from .errors import CamError, Unavailable
 from .wire import Reply, encode
 
@@ -134,14 +133,9 @@ class RpcServer:
             except msgspec.DecodeError:
                 raise CamError("request is not valid JSON", errors.MALFORMED_FRAME) from None
             reply = Reply(ok=True, result=await self._handlers[op](request))
-        except CamError as exc:
-            reply = Reply(ok=False, code=exc.code, message=exc.message)
-        except UNAVAILABLE_ERRORS as exc:
-            log.warning("%s: database unavailable: %s", op, exc)
-            reply = Reply(ok=False, code=errors.UNAVAILABLE, message="database unavailable")
-        except Exception:
-            log.exception("%s failed", op)
-            reply = Reply(ok=False, code=errors.INTERNAL, message="internal error")
+        except Exception as exc:
+            failed = errors.report(log, f"{self._prefix}.{op[:40]}", exc)
+            reply = Reply(ok=False, code=failed.code, message=failed.message)
         self.served += 1
         if msg.reply:
             try:

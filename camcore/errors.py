@@ -1,13 +1,30 @@
-"""Error codes shared by the services, the edge and the client protocol.
+"""Error codes, the exceptions that carry them, and the one table that maps errors to codes.
 
 A service replies to a failed request with one of these codes and a human message;
 the edge forwards the code to the client unchanged. Codes are stable: clients match
 on them, so a code is never renamed or reused.
+
+Every error the project raises on purpose is a ``CamError`` (the root of the shared
+package and of the services; e.g. ``cam_video_allocator.janus.JanusError``). The one
+exception is ``camcore.config.ConfigError``: it only ever happens at start-up, before
+anything is served, and stops the process with one line (exit 2); it never reaches a
+client, so it has no code.
+
+``failure(exc)`` is the mapping table used by the edge's WebSocket ops, its REST routes
+and every bus reply (``camcore.bus.RpcServer``): a ``CamError`` keeps its own code and
+message, library errors that mean "a backend is down" become ``unavailable``, and
+anything else is ``internal`` (a bug: logged with its traceback, never shown).
 """
 
 from __future__ import annotations
 
-from typing import Final
+import logging
+from dataclasses import dataclass
+from typing import Final, NamedTuple
+
+import nats.errors
+
+from .db import UNAVAILABLE_ERRORS
 
 BAD_REQUEST: Final = "bad_request"
 MALFORMED_FRAME: Final = "malformed_frame"
@@ -25,25 +42,42 @@ NOT_IN_CONFERENCE: Final = "not_in_conference"
 UNAVAILABLE: Final = "unavailable"
 INTERNAL: Final = "internal"
 
-#: Every code with the meaning documented in docs/protocol.md.
-DESCRIPTIONS: Final[dict[str, str]] = {
-    BAD_REQUEST: "the frame is valid JSON but a field is missing, of the wrong type or out of range",
-    MALFORMED_FRAME: "the frame is not a JSON object with a string 'op'",
-    UNKNOWN_OP: "the op is not part of this protocol version",
-    UNSUPPORTED_VERSION: "the client asked for a protocol version this server does not speak",
-    MESSAGE_TOO_LARGE: "the message body is longer than cam.maxMessageChars",
-    UNAUTHENTICATED: "the op needs an authenticated connection, or the session is invalid",
-    BAD_CREDENTIALS: "wrong user name or password",
-    ALREADY_AUTHENTICATED: "the connection is already authenticated",
-    NOT_A_MEMBER: "the room does not exist or the user is not a member of it",
-    NO_SUCH_USER: "a named user does not exist",
-    CONFLICT: "the request conflicts with stored state (e.g. a reused client message id)",
-    VIDEO_FULL: "no video server can take a new conference (all over capacity, draining or down)",
-    NOT_IN_CONFERENCE: "the connection has not joined this room's conference",
-    UNAVAILABLE: "a backend (bus or database) is unreachable or did not answer in time; a send "
-    "may or may not have been stored: retry it with the same cid (it is stored once)",
-    INTERNAL: "an unexpected server error; nothing was stored",
+
+class Code(NamedTuple):
+    """What a code means (docs/protocol.md) and the HTTP status of a REST answer with it."""
+
+    http_status: int
+    description: str
+
+
+#: Every code, with its HTTP status and the meaning documented in docs/protocol.md.
+CODES: Final[dict[str, Code]] = {
+    BAD_REQUEST: Code(400, "the frame is valid JSON but a field is missing, of the wrong type "
+                           "or out of range"),
+    MALFORMED_FRAME: Code(400, "the frame is not a JSON object with a string 'op'"),
+    UNKNOWN_OP: Code(400, "the op is not part of this protocol version"),
+    UNSUPPORTED_VERSION: Code(400, "the client asked for a protocol version this server does "
+                                   "not speak"),
+    MESSAGE_TOO_LARGE: Code(400, "the message body is longer than cam.maxMessageChars"),
+    UNAUTHENTICATED: Code(401, "the op needs an authenticated connection, or the session is "
+                               "invalid"),
+    BAD_CREDENTIALS: Code(401, "wrong user name or password"),
+    ALREADY_AUTHENTICATED: Code(400, "the connection is already authenticated"),
+    NOT_A_MEMBER: Code(400, "the room does not exist or the user is not a member of it"),
+    NO_SUCH_USER: Code(400, "a named user does not exist"),
+    CONFLICT: Code(409, "the request conflicts with stored state (e.g. a reused client "
+                        "message id)"),
+    VIDEO_FULL: Code(400, "no video server can take a new conference (all over capacity, "
+                          "draining or down)"),
+    NOT_IN_CONFERENCE: Code(400, "the connection has not joined this room's conference"),
+    UNAVAILABLE: Code(503, "a backend (bus or database) is unreachable or did not answer in "
+                           "time; a send may or may not have been stored: retry it with the "
+                           "same cid (it is stored once)"),
+    INTERNAL: Code(500, "an unexpected server error; nothing was stored"),
 }
+
+#: Every code with the meaning documented in docs/protocol.md.
+DESCRIPTIONS: Final[dict[str, str]] = {code: c.description for code, c in CODES.items()}
 
 
 class CamError(Exception):
@@ -68,3 +102,57 @@ class Unavailable(CamError):
     """A dependency (bus, database, service) did not answer."""
 
     code = UNAVAILABLE
+
+
+#: Errors of the NATS client that mean "the bus cannot be used right now".
+BUS_UNAVAILABLE_ERRORS: Final[tuple[type[BaseException], ...]] = (
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.StaleConnectionError,
+    nats.errors.NoRespondersError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.TimeoutError,
+)
+
+#: Errors that are not CamErrors, matched in this order: the classes, then the code and
+#: message a caller gets. Bus errors come first: nats' TimeoutError is also a TimeoutError.
+FOREIGN_ERRORS: Final[tuple[tuple[tuple[type[BaseException], ...], str, str], ...]] = (
+    (BUS_UNAVAILABLE_ERRORS, UNAVAILABLE, "the message bus is unavailable; retry later"),
+    (UNAVAILABLE_ERRORS, UNAVAILABLE, "database unavailable; retry later"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """What a caller is told about an error: a stable code and a message safe to show."""
+
+    code: str
+    message: str
+    expected: bool
+    """False for a bug (``internal``): it is logged with its traceback."""
+
+    @property
+    def http_status(self) -> int:
+        return CODES[self.code].http_status if self.code in CODES else 400
+
+
+def failure(exc: BaseException) -> Failure:
+    """The code and message for ``exc``: the one mapping table of the project."""
+    if isinstance(exc, CamError):
+        return Failure(exc.code, exc.message, True)
+    for classes, code, message in FOREIGN_ERRORS:
+        if isinstance(exc, classes):
+            return Failure(code, message, True)
+    return Failure(INTERNAL, "internal error", False)
+
+
+def report(log: logging.Logger, what: str, exc: BaseException) -> Failure:
+    """``failure(exc)``, logged as it deserves: a backend outage is a warning, a bug is an
+    error with its traceback, and a refused request is not worth a line."""
+    result = failure(exc)
+    if not result.expected:
+        log.error("%s failed", what, exc_info=exc)
+    elif not isinstance(exc, CamError):
+        log.warning("%s: %s (%s: %s)", what, result.message, type(exc).__name__, exc)
+    return result

@@ -1,11 +1,16 @@
-"""The edge's ASGI application: REST (login, logout, cluster info), health, WebSocket."""
+"""The edge's ASGI application: REST (login, logout, cluster info), health, WebSocket.
+
+REST errors go through the project's one error table (``camcore.errors.failure``), like
+the WebSocket ops and the bus replies: the same code, with its HTTP status.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,7 +25,7 @@ from starlette.websockets import WebSocket
 
 from camcore import PROTOCOL_VERSION, accounts, bus, db, errors, protocol, subjects, wire
 from camcore.config import Settings
-from camcore.errors import CamError
+from camcore.errors import CamError, Failure
 
 from .connection import Connection
 from .context import Edge
@@ -33,16 +38,7 @@ log = logging.getLogger(__name__)
 
 MAX_REST_BODY = 16 * 1024
 
-#: Error code -> HTTP status of REST answers.
-HTTP_STATUS = {
-    errors.BAD_REQUEST: 400,
-    errors.MALFORMED_FRAME: 400,
-    errors.UNAUTHENTICATED: 401,
-    errors.BAD_CREDENTIALS: 401,
-    errors.CONFLICT: 409,
-    errors.UNAVAILABLE: 503,
-    errors.INTERNAL: 500,
-}
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class Credentials(msgspec.Struct, forbid_unknown_fields=True):
@@ -50,9 +46,22 @@ class Credentials(msgspec.Struct, forbid_unknown_fields=True):
     password: str
 
 
-def error_response(code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}},
-                        status_code=HTTP_STATUS.get(code, 400))
+def error_response(failed: Failure) -> JSONResponse:
+    return JSONResponse({"error": {"code": failed.code, "message": failed.message}},
+                        status_code=failed.http_status)
+
+
+def rest(endpoint: Endpoint) -> Endpoint:
+    """A REST route whose errors are answered with their code and HTTP status."""
+
+    @functools.wraps(endpoint)
+    async def route(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except Exception as exc:
+            return error_response(errors.report(log, f"{request.method} {request.url.path}", exc))
+
+    return route
 
 
 def origin_allowed(settings: Settings, origin: str | None, host: str | None) -> bool:
@@ -136,15 +145,10 @@ def create_app(settings: Settings) -> Starlette:
         return request.cookies.get(protocol.SESSION_COOKIE)
 
     async def login(request: Request) -> Response:
-        try:
-            creds = await read_json(request, Credentials)
-            user = await accounts.authenticate(edge().pool, creds.username, creds.password)
-            ttl = timedelta(hours=settings.session_ttl_hours)
-            token = await accounts.create_session(edge().pool, user.id, ttl)
-        except CamError as exc:
-            return error_response(exc.code, exc.message)
-        except db.UNAVAILABLE_ERRORS:
-            return error_response(errors.UNAVAILABLE, "database unavailable")
+        creds = await read_json(request, Credentials)
+        user = await accounts.authenticate(edge().pool, creds.username, creds.password)
+        ttl = timedelta(hours=settings.session_ttl_hours)
+        token = await accounts.create_session(edge().pool, user.id, ttl)
         response = JSONResponse({"token": token, "user": user.public()})
         response.set_cookie(protocol.SESSION_COOKIE, token, httponly=True, samesite="lax",
                             secure=_is_https(request), max_age=int(ttl.total_seconds()),
@@ -154,12 +158,9 @@ def create_app(settings: Settings) -> Starlette:
     async def logout(request: Request) -> Response:
         token = request_token(request)
         if not token:
-            return error_response(errors.UNAUTHENTICATED, "no session")
-        try:
-            user = await accounts.resolve_session(edge().pool, token)
-            revoked = await accounts.revoke_session(edge().pool, token)
-        except db.UNAVAILABLE_ERRORS:
-            return error_response(errors.UNAVAILABLE, "database unavailable")
+            raise CamError("no session", errors.UNAUTHENTICATED)
+        user = await accounts.resolve_session(edge().pool, token)
+        revoked = await accounts.revoke_session(edge().pool, token)
         if user is not None and revoked:
             # Close this session's live sockets on every node.
             event = {"type": "session_revoked", "token_hash": accounts.token_hash_hex(token)}
@@ -170,18 +171,14 @@ def create_app(settings: Settings) -> Starlette:
         return response
 
     async def cluster_view(request: Request) -> Response:
-        try:
-            view = await bus.call(edge().nc, subjects.HEALTH_CLUSTER, wire.Empty(),
-                                  timeout=2)
-        except CamError as exc:
-            return error_response(exc.code, exc.message)
+        view = await bus.call(edge().nc, subjects.HEALTH_CLUSTER, wire.Empty(), timeout=2)
         return JSONResponse(view)
 
     async def me(request: Request) -> Response:
         token = request_token(request)
         user = await accounts.resolve_session(edge().pool, token) if token else None
         if user is None:
-            return error_response(errors.UNAUTHENTICATED, "not logged in")
+            raise CamError("not logged in", errors.UNAUTHENTICATED)
         return JSONResponse({"user": user.public()})
 
     async def cluster(request: Request) -> Response:
@@ -213,11 +210,11 @@ def create_app(settings: Settings) -> Starlette:
 
     routes = [
         Route("/CAMServer/healthCheck", health, methods=["GET", "HEAD"]),
-        Route("/api/login", login, methods=["POST"]),
-        Route("/api/logout", logout, methods=["POST"]),
-        Route("/api/me", me, methods=["GET"]),
-        Route("/api/cluster", cluster, methods=["GET"]),
-        Route("/api/cluster/view", cluster_view, methods=["GET"]),
+        Route("/api/login", rest(login), methods=["POST"]),
+        Route("/api/logout", rest(logout), methods=["POST"]),
+        Route("/api/me", rest(me), methods=["GET"]),
+        Route("/api/cluster", rest(cluster), methods=["GET"]),
+        Route("/api/cluster/view", rest(cluster_view), methods=["GET"]),
         WebSocketRoute("/ws", websocket),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from camcore import PROTOCOL_VERSION, accounts, db, errors, protocol, wire
+from camcore import PROTOCOL_VERSION, accounts, errors, protocol, wire
 from camcore.accounts import User
 from camcore.errors import CamError, RequestError
 
@@ -138,21 +138,14 @@ class Connection:
                 raise CamError("authenticate first (op 'auth')", errors.UNAUTHENTICATED)
             result = await op.handler(self, frame)
             self.send_json({"op": "result", "id": request_id, "result": result})
-        except CamError as exc:
-            if exc.code in _BAD_FRAME_CODES:
+        except Exception as exc:
+            failed = errors.report(log, f"op {name}", exc)
+            if failed.code in _BAD_FRAME_CODES:
                 self._bad_frames += 1
-            self.send_json({"op": "error", "id": request_id, "code": exc.code,
-                            "message": exc.message})
+            self.send_json({"op": "error", "id": request_id, "code": failed.code,
+                            "message": failed.message})
             if self._bad_frames >= protocol.BAD_FRAMES_BEFORE_CLOSE:
                 self.close(protocol.CLOSE_POLICY, "too many invalid frames")
-        except db.UNAVAILABLE_ERRORS as exc:
-            log.warning("database unavailable: %s", exc)
-            self.send_json({"op": "error", "id": request_id, "code": errors.UNAVAILABLE,
-                            "message": "database unavailable; retry later"})
-        except Exception:
-            log.exception("op %s failed", name)
-            self.send_json({"op": "error", "id": request_id, "code": errors.INTERNAL,
-                            "message": "internal error"})
 
     def authenticated(self, user: User, token: str) -> None:
         self.user, self.token = user, token

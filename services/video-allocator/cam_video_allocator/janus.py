@@ -12,13 +12,21 @@ from typing import Any
 
 import httpx
 
+from camcore import errors
+from camcore.errors import CamError
+
 PLUGIN = "janus.plugin.videoroom"
 #: Conference rooms this service made carry this in their description.
 ROOM_TAG = "cam-conference"
 
 
-class JanusError(Exception):
+class JanusError(CamError):
     """Janus refused a request or could not be reached."""
+
+    code = errors.UNAVAILABLE
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
 
 
 class Janus:

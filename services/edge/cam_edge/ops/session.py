@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from camcore import PROTOCOL_VERSION, accounts, db, errors, protocol, wire
-from camcore.errors import CamError, Unavailable
+from camcore import PROTOCOL_VERSION, accounts, errors, protocol, wire
+from camcore.errors import CamError
 
 from .registry import OpGroup
 
@@ -35,10 +35,7 @@ async def auth(conn: Connection, frame: wire.Auth) -> dict[str, Any]:
     token = frame.token or conn.cookie_token
     if not token:
         raise CamError("no session token (log in first)", errors.UNAUTHENTICATED)
-    try:
-        user = await accounts.resolve_session(conn.edge.pool, token)
-    except db.UNAVAILABLE_ERRORS as exc:
-        raise Unavailable("database unavailable") from exc
+    user = await accounts.resolve_session(conn.edge.pool, token)
     if user is None:
         raise CamError("session is invalid, expired or revoked", errors.UNAUTHENTICATED)
     # Subscribe to the user's events before listing rooms, so no room added in
