@@ -1,6 +1,7 @@
 # One image for every cam service of the cluster; the command picks the service:
-# cam-edge (default), cam-chat, cam-presence, cam-health, or camctl (e.g. `camctl
-# migrate`), or `python -m camctl.lb ...` (load balancer certificate and probe).
+# cam-edge (default), cam-chat, cam-presence, cam-health, cam-video-allocator, or
+# camctl (e.g. `camctl migrate`), or `python -m camctl.lb ...` (load balancer
+# certificate and probe). The Janus SFUs have an image of their own: deploy/janus/.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
