@@ -17,11 +17,13 @@ from nats.aio.subscription import Subscription
 
 from . import errors, subjects
 from .errors import CamError, Unavailable
+from .loops import Body, every
 from .wire import Reply, encode
 
 log = logging.getLogger(__name__)
 
 _reply_decoder = msgspec.json.Decoder(Reply)
+_BEAT_ERRORS: tuple[type[BaseException], ...] = (*errors.BUS_UNAVAILABLE_ERRORS, OSError)
 
 
 async def connect(
@@ -175,23 +177,30 @@ class Heartbeat(msgspec.Struct, kw_only=True):
     load: dict[str, float] = {}
 
 
-async def heartbeat_loop(
+def heartbeat(
     nc: NATS,
     kind: str,
     instance: str,
     node: str,
     interval: float,
     load: Callable[[], dict[str, float]],
-) -> None:
-    """Publish a heartbeat every ``interval`` seconds until cancelled."""
+) -> Body:
+    """The body of a loop that publishes a heartbeat every ``interval`` seconds.
+
+    Run it under ``camcore.loops`` (``Loops.start``), so a crash (say, in ``load``) is
+    logged and the beats start again.
+    """
     subject = subjects.heartbeat(kind, instance)
     started = time.time()
-    while True:
-        if nc.is_connected:
-            hb = Heartbeat(kind=kind, instance=instance, node=node, pid=os.getpid(),
-                           started=started, interval=interval, load=load())
-            try:
-                await nc.publish(subject, encode(hb))
-            except Exception as exc:  # noqa: BLE001 - next beat tries again
-                log.debug("heartbeat not sent: %s", exc)
-        await asyncio.sleep(interval)
+
+    async def beat() -> None:
+        if not nc.is_connected:
+            return
+        hb = Heartbeat(kind=kind, instance=instance, node=node, pid=os.getpid(),
+                       started=started, interval=interval, load=load())
+        try:
+            await nc.publish(subject, encode(hb))
+        except _BEAT_ERRORS as exc:  # the next beat tries again
+            log.debug("heartbeat not sent: %s", exc)
+
+    return every(interval, beat, at_once=True)

@@ -1,17 +1,18 @@
 """The life of a bus service replica: connect, serve its queue group, heartbeat, stop.
 
 Chat, presence and the video allocator differ only in what they serve; this is the
-rest, written once.
+rest, written once. Their background loops run watched (``camcore.loops``): a crash is
+logged and the loop restarted, or, for a fatal loop, the replica stops with an error.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import asyncpg
@@ -20,9 +21,19 @@ from nats.aio.client import Client as NATS
 from . import bus, db
 from .config import Settings
 from .errors import Unavailable
+from .loops import Body, Loops
 from .runtime import wait_for_stop_signal
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Loop:
+    """A background loop of a replica: ``body`` runs under ``camcore.loops.watch``."""
+
+    name: str
+    body: Body
+    fatal: bool = False
 
 
 class Replica(Protocol):
@@ -32,7 +43,7 @@ class Replica(Protocol):
 
     async def start(self) -> None: ...
 
-    def background(self) -> list[Coroutine[Any, Any, None]]: ...
+    def background(self) -> list[Loop]: ...
 
     def load(self) -> dict[str, float]: ...
 
@@ -45,7 +56,7 @@ class ReplicaBase:
     async def start(self) -> None:
         """Work to do before serving (e.g. reading the configuration into the store)."""
 
-    def background(self) -> list[Coroutine[Any, Any, None]]:
+    def background(self) -> list[Loop]:
         return []
 
     def load(self) -> dict[str, float]:
@@ -72,17 +83,17 @@ async def serve_replica(settings: Settings, kind: str, prefix: str, queue: str,
     await replica.start()
     rpc = bus.RpcServer(nc, prefix, queue, replica.handlers())
     await rpc.start()
-    tasks = [asyncio.create_task(c) for c in replica.background()]
-    tasks.append(asyncio.create_task(bus.heartbeat_loop(
-        nc, kind, instance, settings.node_name, settings.heartbeat_interval,
-        lambda: {"served": float(rpc.served), **replica.load()})))
     log.info("%s replica %s serving %s.*", kind, instance, prefix)
     try:
-        await wait_for_stop_signal()
+        async with Loops() as loops:
+            for loop in replica.background():
+                loops.start(f"{kind} {loop.name}", loop.body, fatal=loop.fatal)
+            loops.start(f"{kind} heartbeat", bus.heartbeat(
+                nc, kind, instance, settings.node_name, settings.heartbeat_interval,
+                lambda: {"served": float(rpc.served), **replica.load()}))
+            await loops.run_until(wait_for_stop_signal())
     finally:
         log.info("%s replica %s stopping", kind, instance)
-        for task in tasks:
-            task.cancel()
         await rpc.stop()
         with contextlib.suppress(Exception):
             await nc.drain()

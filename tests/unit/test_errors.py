@@ -20,7 +20,7 @@ from cam_edge.connection import Connection
 from cam_edge.ops import registry
 from cam_video_allocator import janus
 
-from camcore import bus, errors, wire
+from camcore import bus, errors, loops, wire
 from camcore.accounts import User
 from camcore.config import load_settings
 from camcore.errors import CamError, RequestError, Unavailable
@@ -101,7 +101,7 @@ def _exceptions_defined_in(module: ModuleType) -> list[type[BaseException]]:
             and obj.__module__ == module.__name__]
 
 
-@pytest.mark.parametrize("module", [errors, registry, janus], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [errors, loops, registry, janus], ids=lambda m: m.__name__)
 def test_every_error_the_project_defines_is_a_cam_error(module: ModuleType) -> None:
     defined = _exceptions_defined_in(module)
     assert defined

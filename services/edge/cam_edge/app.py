@@ -6,7 +6,6 @@ the WebSocket ops and the bus replies: the same code, with its HTTP status.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
@@ -26,6 +25,7 @@ from starlette.websockets import WebSocket
 from camcore import PROTOCOL_VERSION, accounts, bus, db, errors, protocol, subjects, wire
 from camcore.config import Settings
 from camcore.errors import CamError, Failure
+from camcore.loops import Loops, every
 
 from .connection import Connection
 from .context import Edge
@@ -92,33 +92,38 @@ def create_app(settings: Settings) -> Starlette:
                 with contextlib.suppress(CamError):
                     await state["edge"].watch.refresh()
 
-        nc = await bus.connect(settings.nats_urls, f"edge:{settings.node_name}",
-                               reconnected_cb=on_reconnect)
+        try:
+            nc = await bus.connect(settings.nats_urls, f"edge:{settings.node_name}",
+                                   reconnected_cb=on_reconnect)
+        except BaseException:
+            await pool.close()
+            raise
         edge = Edge(settings=settings, nc=nc, pool=pool, hub=Hub(nc),
                     presence=PresenceAgent(nc, settings.node_name, settings.heartbeat_interval),
                     watch=PresenceWatch(nc, settings.node_timeout))
         state["edge"] = edge
         state["health"] = HealthProbe(edge)
-        tasks = [
-            asyncio.create_task(bus.heartbeat_loop(
-                nc, "edge", settings.node_name, settings.node_name, settings.heartbeat_interval,
-                lambda: {"connections": float(len(edge.connections)),
-                         "rooms": float(edge.hub.room_count),
-                         "watched": float(edge.watch.watched_count)})),
-            asyncio.create_task(edge.presence.run()),
-            asyncio.create_task(edge.watch.run()),
-            asyncio.create_task(repair_loop(edge)),
-        ]
-        log.info("edge %s ready", settings.node_name)
         try:
-            yield
+            async with Loops() as loops:
+                loops.start("edge heartbeat", bus.heartbeat(
+                    nc, "edge", settings.node_name, settings.node_name,
+                    settings.heartbeat_interval,
+                    lambda: {"connections": float(len(edge.connections)),
+                             "rooms": float(edge.hub.room_count),
+                             "watched": float(edge.watch.watched_count)}))
+                loops.start("presence agent", edge.presence.run)
+                loops.start("presence watch refresh", edge.watch.run)
+                loops.start("repair check", every(settings.repair_interval,
+                                                  functools.partial(repair_check, edge)))
+                log.info("edge %s ready", settings.node_name)
+                try:
+                    yield
+                finally:
+                    edge.draining = True
+                    for conn in list(edge.connections):
+                        conn.close(protocol.CLOSE_RECONNECT_ELSEWHERE, "node shutting down")
+                    await edge.presence.shutdown()
         finally:
-            edge.draining = True
-            for conn in list(edge.connections):
-                conn.close(protocol.CLOSE_RECONNECT_ELSEWHERE, "node shutting down")
-            await edge.presence.shutdown()
-            for task in tasks:
-                task.cancel()
             with contextlib.suppress(Exception):
                 await nc.drain()
             await pool.close()
@@ -223,22 +228,20 @@ def create_app(settings: Settings) -> Starlette:
     return app
 
 
-async def repair_loop(edge: Edge) -> None:
+async def repair_check(edge: Edge) -> None:
     """Compare what each room delivered with the store's head, and fetch any tail.
 
     A message whose bus event was lost (a chat replica killed between commit and
     publish, a NATS server dying) is caught by the next message of the room; this
     catches it when no next message comes, within cam.repairInterval.
     """
-    while True:
-        await asyncio.sleep(edge.settings.repair_interval)
-        rooms = sorted(edge.hub.subscribed_rooms())
-        for i in range(0, len(rooms), 5000):
-            try:
-                heads = await edge.chat("room_heads", wire.RoomHeads(rooms=rooms[i:i + 5000]))
-            except CamError as exc:
-                log.debug("repair check skipped: %s", exc.message)
-                break
-            for room, head in heads["heads"]:
-                for listener in edge.hub.room_listeners(room):
-                    listener.behind(room, head)
+    rooms = sorted(edge.hub.subscribed_rooms())
+    for i in range(0, len(rooms), 5000):
+        try:
+            heads = await edge.chat("room_heads", wire.RoomHeads(rooms=rooms[i:i + 5000]))
+        except CamError as exc:
+            log.debug("repair check skipped: %s", exc.message)
+            return
+        for room, head in heads["heads"]:
+            for listener in edge.hub.room_listeners(room):
+                listener.behind(room, head)

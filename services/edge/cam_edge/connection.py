@@ -163,11 +163,20 @@ class Connection:
             await self.edge.hub.leave_room(room, self)
         await self.edge.hub.remove_user(self.user.id, self)
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run ``coro`` for as long as the connection lives."""
+    def spawn(self, coro: Coroutine[Any, Any, None], what: str) -> None:
+        """Run ``coro`` for as long as the connection lives; its failure is logged."""
         task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(functools.partial(self._task_done, what))
+
+    def _task_done(self, what: str, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled() or (exc := task.exception()) is None:
+            return
+        if isinstance(exc, CamError):
+            log.warning("%s failed: %s", what, exc.message)
+        else:
+            errors.report(log, what, exc)
 
     # ------------------------------------------------------------ who may do what
 
@@ -226,7 +235,8 @@ class Connection:
         if cursor is None or not cursor.begin_repair():
             return
         self.spawn(repair(room, cursor, functools.partial(self._history, room), self.out.put,
-                          message_frame, lambda: not self.out.closing))
+                          message_frame, lambda: not self.out.closing),
+                   f"gap repair in room {room}")
 
     async def _history(self, room: int, after: int) -> list[wire.Message]:
         page = await self.edge.chat("history", wire.History(
@@ -253,7 +263,7 @@ class Connection:
             room = event["room"]
             self.send_json({"op": "room_added", "room": room})
             if room["id"] not in self.cursors:
-                self.spawn(self.track(room["id"], room["last_seq"]))
+                self.spawn(self.track(room["id"], room["last_seq"]), f"tracking room {room['id']}")
         elif kind == "session_revoked" and event.get("token_hash") == self._token_hash():
             self.close(protocol.CLOSE_SESSION_REVOKED, "session revoked")
 

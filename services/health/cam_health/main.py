@@ -7,7 +7,6 @@ agree: each builds the same view from the same heartbeats.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -18,6 +17,7 @@ from nats.aio.msg import Msg
 
 from camcore import bus, subjects, wire
 from camcore.config import Settings
+from camcore.loops import Loops
 from camcore.runtime import service_main, wait_for_stop_signal
 
 log = logging.getLogger("cam_health")
@@ -66,14 +66,14 @@ async def serve(settings: Settings) -> None:
     await nc.subscribe(subjects.HEARTBEAT_ALL, cb=view.on_heartbeat)
     await nc.subscribe(subjects.HEALTH_CLUSTER, queue=subjects.HEALTH_QUEUE, cb=view.on_request)
     instance = f"{settings.node_name}-{id(view):x}"
-    beat = asyncio.create_task(bus.heartbeat_loop(
-        nc, "health", instance, settings.node_name, settings.heartbeat_interval,
-        lambda: {"tracked": float(len(view.seen))}))
     log.info("health service watching %s", subjects.HEARTBEAT_ALL)
     try:
-        await wait_for_stop_signal()
+        async with Loops() as loops:
+            loops.start("health heartbeat", bus.heartbeat(
+                nc, "health", instance, settings.node_name, settings.heartbeat_interval,
+                lambda: {"tracked": float(len(view.seen))}))
+            await loops.run_until(wait_for_stop_signal())
     finally:
-        beat.cancel()
         with contextlib.suppress(Exception):
             await nc.drain()
 

@@ -11,20 +11,23 @@ the status they chose, except that ``invisible`` is shown as ``offline``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Coroutine, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import asyncpg
 from nats.aio.client import Client as NATS
 
-from camcore import subjects, wire
-from camcore.service import ReplicaBase
+from camcore import db, errors, subjects, wire
+from camcore.loops import every
+from camcore.service import Loop, ReplicaBase
 
 log = logging.getLogger(__name__)
 
 _DEADLOCK_RETRIES = 5
+#: What a sweep can meet that the next one retries; anything else is a bug (camcore.loops).
+_SWEEP_ERRORS: tuple[type[BaseException], ...] = (
+    *errors.BUS_UNAVAILABLE_ERRORS, *db.UNAVAILABLE_ERRORS, asyncpg.DeadlockDetectedError)
 
 
 class PresenceService(ReplicaBase):
@@ -47,20 +50,18 @@ class PresenceService(ReplicaBase):
             "query": (wire.PresenceQuery, self.query),
         }
 
-    def background(self) -> list[Coroutine[Any, Any, None]]:
-        return [self._sweeper()]
+    def background(self) -> list[Loop]:
+        # Every replica sweeps; row locks make each silent node handled once.
+        return [Loop("sweeper", every(self.sweep_interval, self._sweep_round))]
 
     def load(self) -> dict[str, float]:
         return {"published": float(self.published), "swept_nodes": float(self.swept_nodes)}
 
-    async def _sweeper(self) -> None:
-        """Every replica sweeps; row locks make each silent node handled once."""
-        while True:
-            await asyncio.sleep(self.sweep_interval)
-            try:
-                await self.sweep()
-            except Exception as exc:  # noqa: BLE001 - the next round tries again
-                log.warning("sweep failed: %s", exc)
+    async def _sweep_round(self) -> None:
+        try:
+            await self.sweep()
+        except _SWEEP_ERRORS as exc:
+            log.warning("sweep failed: %s (the next round tries again)", exc)
 
     # ------------------------------------------------------------ core
 

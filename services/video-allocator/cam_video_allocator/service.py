@@ -8,20 +8,20 @@ of an existing conference lock only that conference.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import secrets
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 from nats.aio.client import Client as NATS
 
-from camcore import errors, subjects, wire
+from camcore import db, errors, subjects, wire
 from camcore.config import Settings
-from camcore.errors import CamError, RequestError, Unavailable
-from camcore.service import ReplicaBase
+from camcore.errors import CamError, RequestError
+from camcore.loops import every
+from camcore.service import Loop, ReplicaBase
 
 from .janus import Janus, JanusError
 from .placement import ServerLoad, place
@@ -40,6 +40,12 @@ SELECT s.name, s.capacity, s.admin_state, s.healthy,
  GROUP BY s.name, s.capacity, s.admin_state, s.healthy, s.position
  ORDER BY s.position
 """
+
+
+#: Errors a step of the round can meet that the next round retries: the database or the
+#: bus down, a Postgres error (e.g. a conflict with another replica), Janus refusing.
+_ROUND_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError, *db.UNAVAILABLE_ERRORS, *errors.BUS_UNAVAILABLE_ERRORS, CamError)
 
 
 class VideoAllocator(ReplicaBase):
@@ -65,16 +71,11 @@ class VideoAllocator(ReplicaBase):
         await self.sync_servers()
         await self.probe()
 
-    def background(self) -> list[Coroutine[Any, Any, None]]:
-        return [self._watch()]
+    def background(self) -> list[Loop]:
+        return [Loop("round", every(self.settings.video_probe_interval, self.tick, at_once=True))]
 
     def load(self) -> dict[str, float]:
         return {"decisions": float(self.decisions)}
-
-    async def _watch(self) -> None:
-        while True:
-            await self.tick()
-            await asyncio.sleep(self.settings.video_probe_interval)
 
     async def close(self) -> None:
         for j in self.janus.values():
@@ -301,33 +302,39 @@ class VideoAllocator(ReplicaBase):
             by_server.setdefault(row["server"], {})[row["janus_room"]] = row
         for name, janus in self.janus.items():
             try:
-                rooms = await janus.rooms()
-            except JanusError:
+                await self._reconcile_server(name, janus, by_server.get(name, {}))
+            except JanusError as exc:
+                # One server refusing must not keep the others (or the next round) waiting.
+                log.warning("reconciling %s failed: %s (the next round retries)", name, exc)
+
+    async def _reconcile_server(self, name: str, janus: Janus, ours: dict[int, asyncpg.Record]) -> None:
+        try:
+            rooms = await janus.rooms()
+        except JanusError:
+            return  # the probe decides what that means
+        for janus_room, row in ours.items():
+            if janus_room not in rooms:
+                log.warning("room of conference %s missing on %s: recreating", row["id"], name)
+                await janus.create_room(janus_room, row["pin"], f"room {row['room_id']}")
+            else:
+                await self.pool.execute(
+                    "UPDATE conferences SET sfu_participants = $2 WHERE id = $1"
+                    " AND sfu_participants <> $2", row["id"],
+                    int(rooms[janus_room].get("num_participants", 0)))
+        for janus_room, info in rooms.items():
+            tagged = str(info.get("description", "")).startswith("cam-conference")
+            key = (name, janus_room)
+            if not tagged or janus_room in ours:
+                self._orphans.pop(key, None)
                 continue
-            ours = by_server.get(name, {})
-            for janus_room, row in ours.items():
-                if janus_room not in rooms:
-                    log.warning("room of conference %s missing on %s: recreating", row["id"], name)
-                    await janus.create_room(janus_room, row["pin"], f"room {row['room_id']}")
-                else:
-                    await self.pool.execute(
-                        "UPDATE conferences SET sfu_participants = $2 WHERE id = $1"
-                        " AND sfu_participants <> $2", row["id"],
-                        int(rooms[janus_room].get("num_participants", 0)))
-            for janus_room, info in rooms.items():
-                tagged = str(info.get("description", "")).startswith("cam-conference")
-                key = (name, janus_room)
-                if not tagged or janus_room in ours:
-                    self._orphans.pop(key, None)
-                    continue
-                # Seen twice in a row (a probe interval apart): not a placement in flight.
-                self._orphans[key] = self._orphans.get(key, 0) + 1
-                if self._orphans[key] >= 2 and not await self.pool.fetchval(
-                        "SELECT true FROM conferences WHERE server = $1 AND janus_room = $2"
-                        " AND state = 'active'", name, janus_room):
-                    log.warning("orphan room %s on %s: destroying", janus_room, name)
-                    await janus.destroy_room(janus_room)
-                    self._orphans.pop(key, None)
+            # Seen twice in a row (a probe interval apart): not a placement in flight.
+            self._orphans[key] = self._orphans.get(key, 0) + 1
+            if self._orphans[key] >= 2 and not await self.pool.fetchval(
+                    "SELECT true FROM conferences WHERE server = $1 AND janus_room = $2"
+                    " AND state = 'active'", name, janus_room):
+                log.warning("orphan room %s on %s: destroying", janus_room, name)
+                await janus.destroy_room(janus_room)
+                self._orphans.pop(key, None)
 
     async def drop_stale_participants(self) -> None:
         """Participants whose connection is gone (their node died) leave."""
@@ -346,10 +353,17 @@ class VideoAllocator(ReplicaBase):
             await self._destroy(e)
 
     async def tick(self) -> None:
-        try:
-            await self.probe()
-            await self.fail_over()
-            await self.reconcile()
-            await self.drop_stale_participants()
-        except (asyncpg.PostgresError, OSError, Unavailable) as exc:
-            log.warning("video watch round failed: %s", exc)
+        """One round: probe, failover, reconciliation, stale participants.
+
+        A step that hits a backend outage or a refusing Janus is logged and skipped; the
+        other steps still run, and the next round tries it again. Anything else is a bug:
+        it escapes to ``camcore.loops``, which logs its traceback and restarts the round.
+        """
+        steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            ("probe", self.probe), ("failover", self.fail_over), ("reconciliation", self.reconcile),
+            ("stale participants", self.drop_stale_participants)]
+        for name, step in steps:
+            try:
+                await step()
+            except _ROUND_ERRORS as exc:
+                log.warning("video round: %s failed: %s", name, exc)
