@@ -100,7 +100,7 @@ async def test_sends_fail_loudly_while_the_database_is_down_and_retry_stores_onc
         await accounts.create_user(own, "alice", "alice-password")
         await own.close()
         cluster: Cluster = cluster_factory(1)
-        cluster.database = dsn
+        cluster.database = cluster.database_url = dsn  # this test's own PostgreSQL
         cluster.start_chat()
         cluster.start_edge("camserver1")
         cluster.wait_edges()

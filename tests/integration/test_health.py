@@ -45,7 +45,7 @@ async def test_health_turns_non_200_when_the_database_is_down(
         dsn = pg.create_database("cam")
         await db.migrate(dsn)
         cluster: Cluster = cluster_factory(1)
-        cluster.database = dsn
+        cluster.database = cluster.database_url = dsn  # this test's own PostgreSQL
         cluster.start_edge("camserver1")
         cluster.wait_edges()
         pg.stop("immediate")
