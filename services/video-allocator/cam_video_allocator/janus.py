@@ -3,10 +3,15 @@
 One Janus session and plugin handle per server, made on first use and remade when
 Janus forgets them (sessions expire after 60 s without a request; the health probe
 keeps them in use).
+
+The allocator asks every server something each round (a few requests a second for
+ever), so requests are logged at DEBUG only; httpx's own per-request INFO lines are
+silenced by the allocator's entry point.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 from typing import Any
 
@@ -14,6 +19,8 @@ import httpx
 
 from camcore import errors
 from camcore.errors import CamError
+
+log = logging.getLogger(__name__)
 
 PLUGIN = "janus.plugin.videoroom"
 #: Conference rooms this service made carry this in their description.
@@ -47,6 +54,8 @@ class Janus:
             data: dict[str, Any] = r.json()
         except (httpx.HTTPError, ValueError) as exc:
             raise JanusError(f"{self.url}: {exc.__class__.__name__}: {exc}") from None
+        log.debug("janus %s%s %s: %s %s", self.url, path, body.get("janus"), r.status_code,
+                  data.get("janus"))
         if data.get("janus") == "error":
             err = data.get("error", {})
             raise JanusError(f"{self.url}: janus error {err.get('code')}: {err.get('reason')}")

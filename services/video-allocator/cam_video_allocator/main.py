@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from camcore import subjects
 from camcore.config import Settings
 from camcore.runtime import service_main
@@ -11,6 +13,9 @@ from .service import VideoAllocator
 
 
 async def serve(settings: Settings) -> None:
+    # httpx logs every request at INFO; the allocator makes a few a second, all day long
+    # (cam_video_allocator.janus logs them at DEBUG instead).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     await serve_replica(settings, "video", subjects.VIDEO_RPC, subjects.VIDEO_QUEUE,
                         lambda pool, nc: VideoAllocator(pool, nc, settings), pool_size=20)
 
