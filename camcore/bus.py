@@ -40,7 +40,11 @@ async def connect(
         log.warning("bus: %s", exc)
 
     async def on_disconnect() -> None:
-        log.warning("bus: disconnected")
+        # nats calls this on our own close() too; only a lost connection is news.
+        if nc.is_closed:
+            log.debug("bus: connection closed")
+        else:
+            log.warning("bus: disconnected")
         if disconnected_cb:
             await disconnected_cb()
 
