@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import msgspec
@@ -48,6 +48,7 @@ class Connection:
         self.typing_sent: dict[int, float] = {}
         self.confs = Conferences(self)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._after_reply: list[Callable[[], None]] = []
         self._bad_frames = 0
 
     # ------------------------------------------------------------ output
@@ -65,6 +66,10 @@ class Connection:
     def close(self, code: int, reason: str) -> None:
         """Close after what is already queued."""
         self.out.close(code, reason)
+
+    def after_reply(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` right after the reply to the current op is queued."""
+        self._after_reply.append(callback)
 
     # ------------------------------------------------------------ life
 
@@ -146,6 +151,10 @@ class Connection:
                             "message": failed.message})
             if self._bad_frames >= protocol.BAD_FRAMES_BEFORE_CLOSE:
                 self.close(protocol.CLOSE_POLICY, "too many invalid frames")
+        finally:
+            callbacks, self._after_reply = self._after_reply, []
+            for callback in callbacks:
+                callback()
 
     def authenticated(self, user: User, token: str) -> None:
         self.user, self.token = user, token

@@ -1,7 +1,11 @@
 """Conference ops and events (``cam.video.rpc.<op>``, ``cam.conf.<room>.ev``).
 
-The edge subscribes to the room's conference events before asking the allocator to
-join, so the joining connection sees its own ``conf_joined``.
+Each participant is announced to a connection once: in its ``conf_join`` result, or
+by one ``conf_joined``. The edge subscribes to the room's conference events before
+asking the allocator to join (so nothing after the join is missed), holds the events
+that arrive while the join is in flight, and relays them after the result, checked
+against the participants the result listed: a join the result already shows is not
+announced again, and neither is the joining connection's own.
 """
 
 from __future__ import annotations
@@ -29,20 +33,48 @@ async def _video(op: str, conn: Connection, request: msgspec.Struct) -> Any:
 
 
 class Conferences:
-    """The conferences one connection is in, and the events it relays from them."""
+    """The conferences one connection is in, and what its client was told about them."""
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
         self.rooms: set[int] = set()
+        self._held: dict[int, list[dict[str, Any]]] = {}  # joins in flight
+        self._present: dict[int, set[Any]] = {}  # sessions the client knows are in it
+        self._conference: dict[int, Any] = {}  # the conference object the client has
 
     def __contains__(self, room: object) -> bool:
         return room in self.rooms
 
+    def hold(self, room: int) -> None:
+        """Keep the room's events until ``replay`` (a join is in flight)."""
+        self._held.setdefault(room, [])
+
+    def joined(self, room: int, result: dict[str, Any]) -> None:
+        self.rooms.add(room)
+        self._present[room] = {p.get("session") for p in result.get("participants", [])}
+        self._conference[room] = result.get("conference")
+
+    def replay(self, room: int) -> None:
+        """Relay the held events of ``room`` (after the join result, or a failed join)."""
+        for event in self._held.pop(room, []):
+            if room in self.rooms:
+                self._relay(room, event)
+
+    def forget(self, room: int) -> None:
+        self.rooms.discard(room)
+        self._present.pop(room, None)
+        self._conference.pop(room, None)
+
     def on_event(self, room: int, event: dict[str, Any]) -> None:
+        held = self._held.get(room)
+        if held is not None:
+            held.append(event)
+        elif room in self.rooms:
+            self._relay(room, event)
+
+    def _relay(self, room: int, event: dict[str, Any]) -> None:
         conn = self._conn
         kind = event.get("type")
-        if room not in self.rooms and kind != "participant_joined":
-            return
         fields = {k: v for k, v in event.items() if k != "type"}
         if kind == "signal":
             if event.get("to") == conn.uid and event.get("from_session") != conn.session_id:
@@ -50,10 +82,21 @@ class Conferences:
                                 "from_session": event.get("from_session"),
                                 "data": event.get("data")})
         elif kind == "participant_joined":
+            present = self._present.setdefault(room, set())
+            if event.get("session") in present:
+                return  # in the join result already (our own join, or one just before)
+            present.add(event.get("session"))
             conn.send_json({"op": "conf_joined", **fields})
         elif kind == "participant_left":
+            present = self._present.setdefault(room, set())
+            if event.get("session") not in present:
+                return  # left before our join result: the client never saw it
+            present.discard(event.get("session"))
             conn.send_json({"op": "conf_left", **fields})
         elif kind == "room_moved":
+            if event.get("conference") == self._conference.get(room):
+                return  # moved before our join: the result has the new conference
+            self._conference[room] = event.get("conference")
             conn.send_json({"op": "conf_moved", **fields})
 
     async def leave_all(self) -> None:
@@ -65,7 +108,7 @@ class Conferences:
                     room=room, user_id=conn.uid, session=conn.session_id))
             except CamError:
                 pass  # the allocator drops the participant once the session is gone
-            self.rooms.discard(room)
+            self.forget(room)
             await conn.edge.hub.leave_conference(room, conn)
 
 
@@ -73,16 +116,19 @@ class Conferences:
 async def conf_join(conn: Connection, frame: wire.ConfJoinFrame) -> dict[str, Any]:
     conn.require_member(frame.room)
     confs = conn.confs
-    await conn.edge.hub.join_conference(frame.room, conn)  # before: see our own join
+    confs.hold(frame.room)
+    await conn.edge.hub.join_conference(frame.room, conn)  # before: miss nothing after the join
     try:
         result: dict[str, Any] = await _video("join", conn, wire.ConfJoin(
             room=frame.room, user_id=conn.uid, session=conn.session_id,
             node=conn.edge.settings.node_name))
     except BaseException:
+        confs.replay(frame.room)  # still in it if it was before (a repeated join)
         if frame.room not in confs:
             await conn.edge.hub.leave_conference(frame.room, conn)
         raise
-    confs.rooms.add(frame.room)
+    confs.joined(frame.room, result)
+    conn.after_reply(lambda: confs.replay(frame.room))
     return result
 
 
@@ -98,7 +144,7 @@ async def conf_leave(conn: Connection, frame: wire.ConfLeaveFrame) -> dict[str, 
         if exc.code != errors.NOT_IN_CONFERENCE:
             raise  # e.g. unavailable: still in it, the client may retry
         result = None
-    conn.confs.rooms.discard(frame.room)
+    conn.confs.forget(frame.room)
     await conn.edge.hub.leave_conference(frame.room, conn)
     if result is None:
         raise CamError(NOT_IN_CONFERENCE, errors.NOT_IN_CONFERENCE)
