@@ -244,10 +244,11 @@ class NatsCluster:
         return len(self.procs) == 1 or b"route" in self.procs[i].log_path.read_bytes().lower()
 
     def restart(self, i: int) -> None:
+        """Stop (if running) and start server ``i`` again: the same process handle, so
+        whoever tracks it (a LocalCluster) still stops it at the end."""
         self.procs[i].stop()
-        self.procs[i] = self._proc(i)
         self.procs[i].start()
-        wait_for(lambda: self.ready(i), 15, f"{self.names[i]} restart")
+        wait_for(functools.partial(self.ready, i), 15, f"{self.names[i]} restart")
 
     def stop(self) -> None:
         for p in self.procs:
