@@ -37,7 +37,7 @@ async def serve_websockets(port: int) -> None:
 async def serve_picows(port: int) -> None:
     from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 
-    class Echo(WSListener):  # type: ignore[misc]
+    class Echo(WSListener):
         def on_ws_connected(self, transport: WSTransport) -> None:
             transport.send(WSMsgType.TEXT, HELLO.encode())
 

@@ -15,7 +15,7 @@ from cam_edge import main as edge_main
 _Config = uvicorn.Config
 
 
-class _NoDeflateConfig(_Config):  # type: ignore[misc]
+class _NoDeflateConfig(_Config):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["ws_per_message_deflate"] = False
         super().__init__(*args, **kwargs)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import shutil
 import time
@@ -157,8 +158,13 @@ class SocketIOPeer:
             self.procs.append(rig.Proc(f"sio{i + 1}", ["node", "server.js", str(port),
                                                       f"redis://127.0.0.1:{self.redis_port}"],
                                        self.logdir / f"sio{i + 1}.log", cwd=SOCKETIO_DIR).start())
+
+        def serving(p: rig.Proc, port: int) -> bool:
+            p.check_alive()
+            return rig.port_open(port)
+
         for p, port in zip(self.procs[1:], self.ports, strict=True):
-            rig.wait_for(lambda p=p, port=port: (p.check_alive(), rig.port_open(port))[1], 30, p.name)
+            rig.wait_for(functools.partial(serving, p, port), 30, p.name)
         for p in self.procs:
             pin_tree(p.pid, SERVER_CPUS)
         return self
@@ -211,7 +217,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     peer = await run_socketio(args)
     b_ours, b_peer = best(ours), best(peer)
     ratio = (b_ours["deliveries_per_s"] / b_peer["deliveries_per_s"]) if b_ours and b_peer else None
-    result = {
+    result: dict[str, Any] = {
         "machine": versions(),
         "params": {"members": args.members, "nodes": 2, "senders": SENDERS, "rates": args.rates,
                    "step_seconds": args.step_seconds, "p99_bound_ms": P99_BOUND_MS},

@@ -94,6 +94,7 @@ async def store_share(cluster: BenchCluster, room: int, sender: int, samples: in
 async def bus_share(cluster: BenchCluster, room: int, sender: int, samples: int) -> dict[str, float]:
     """A ``send`` straight to the chat replica over the bus (no WebSocket, no edge), timed
     to its reply and to its event on NATS server 2, sequentially."""
+    assert cluster.nats is not None
     req = await nats.connect(cluster.nats.urls[0])
     sub = await nats.connect(cluster.nats.urls[1])
     got: asyncio.Queue[float] = asyncio.Queue()
@@ -177,6 +178,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         uids = [u for u, _ in users]
         rooms = [await cluster.make_room(f"lat{r}", uids[r * PER_ROOM:(r + 1) * PER_ROOM])
                  for r in range(ROOMS)]
+        assert cluster.nats is not None
         floor = await nats_floor(cluster.nats.urls, args.floor_samples)
         store = await store_share(cluster, rooms[0], uids[0], args.floor_samples)
         via_bus = await bus_share(cluster, rooms[1], uids[PER_ROOM], args.floor_samples)

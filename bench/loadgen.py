@@ -28,7 +28,7 @@ import resource
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -73,7 +73,7 @@ def run(main: Awaitable[Any]) -> Any:
 # ------------------------------------------------------------------ our protocol
 
 
-class Sink(asyncio.Queue):  # type: ignore[type-arg]
+class Sink(asyncio.Queue):
     """An events "queue" that hands each frame to a callback instead of storing it."""
 
     def __init__(self, on_event: OnEvent | None = None) -> None:
@@ -131,7 +131,7 @@ async def close_all(clients: Iterable[Any], concurrency: int = 200) -> None:
     await asyncio.gather(*(one(c) for c in clients))
 
 
-async def paced(rate: float, seconds: float, action: Callable[[int], Awaitable[Any]],
+async def paced(rate: float, seconds: float, action: Callable[[int], Coroutine[Any, Any, Any]],
                 *, settle: float = 5.0) -> tuple[int, int]:
     """Open loop: start ``action(i)`` at ``rate`` per second for ``seconds``, without
     waiting for earlier ones; then wait up to ``settle`` s for them. Returns (ok, failed)."""

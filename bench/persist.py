@@ -96,6 +96,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             await pool.fetchrow("SELECT seq, created_at, duplicate FROM cam_post_message($1, $2, $3, 'text', $4)",
                                 fn_rooms[i], uids[i], uuid.uuid4().hex, BODY)
 
+        assert cluster.nats is not None
         nc = await nats.connect(cluster.nats.urls[0])
         subject = subjects.chat_rpc("send")
 

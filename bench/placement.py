@@ -46,6 +46,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         users = await cluster.make_users_fast(1)
         uid = users[0][0]
         rooms = [await cluster.make_room(f"r{i}", [uid]) for i in range(args.rooms)]
+        assert cluster.nats is not None
         nc = await bus.connect(cluster.nats.urls, "bench-placement")
         # Wait until an allocator answers.
         for _ in range(200):

@@ -169,6 +169,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     seen.setdefault(event["user"], time.perf_counter() - t_kill)
 
         await asyncio.wait_for(watch_cleanup(), 60)
+        assert cluster.nats is not None
         floor = await nats_floor(cluster.nats.urls, args.rate, max(200, int(args.rate * 4)))
         for uid, c in run.clients.items():
             if c is not None and run.node_of[uid] == "camserver2":
@@ -179,7 +180,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
     lat = run.latencies
     node_timeout = 6.0
-    result = {
+    result: dict[str, Any] = {
         "machine": machine(),
         "params": {"users": args.users, "rate_ops_per_s": args.rate, "seconds": args.seconds},
         "propagation": {

@@ -35,7 +35,7 @@ QUICK_ARGS = {
 
 def load(name: str) -> dict[str, Any] | None:
     try:
-        return json.loads((RESULTS / f"{name}.json").read_text())  # type: ignore[no-any-return]
+        return json.loads((RESULTS / f"{name}.json").read_text())
     except (OSError, ValueError):
         return None
 

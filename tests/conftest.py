@@ -58,6 +58,9 @@ class Cluster(LocalCluster):
     """The local cluster builder with the tests' conveniences: one NATS server per host,
     processes named by the test, and every host on 127.0.0.1 unless asked otherwise."""
 
+    nats: rig.NatsCluster
+    """Started by the constructor, so never None here."""
+
     def __init__(self, workdir: Path, database: str, nats_servers: int = 2, *,
                  own_addresses: bool = False, supervised: bool = False) -> None:
         super().__init__(workdir, hosts=nats_servers, supervised=supervised, autorestart=supervised,

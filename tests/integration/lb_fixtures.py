@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import httpx
 
@@ -22,6 +22,15 @@ from tests.conftest import Cluster
 CLIENT_ADDRESS = "127.0.0.2"
 """Tests talk to the load balancers from this loopback address, and the load balancers
 to the edges from 127.0.0.1 (the only trusted proxy), so the edge can tell them apart."""
+
+
+class EdgeEnv(TypedDict):
+    """The settings of each edge behind the load balancers."""
+
+    CAM_CLUSTER_HOSTS: str
+    CAM_TRUSTED_PROXIES: str
+    CAM_SERVER_URL_DOMAIN: str
+    CAM_NATS_URL: NotRequired[str]
 
 
 @dataclass
@@ -60,10 +69,10 @@ def start_lb_cluster(cluster_factory: Any, workdir: Path, kinds: Sequence[str] =
     try:
         for i, name in enumerate(names):
             order = names[i:] + names[:i]
-            env = {"CAM_CLUSTER_HOSTS": ";".join(f"127.0.0.1:{c.edge_ports[n]}" for n in order),
-                   "CAM_TRUSTED_PROXIES": "127.0.0.1",
-                   # Without a load balancer the public URL is the node's own host.
-                   "CAM_SERVER_URL_DOMAIN": public or f"http://127.0.0.1:{c.edge_ports[name]}"}
+            env: EdgeEnv = {"CAM_CLUSTER_HOSTS": ";".join(f"127.0.0.1:{c.edge_ports[n]}" for n in order),
+                            "CAM_TRUSTED_PROXIES": "127.0.0.1",
+                            # Without a load balancer the public URL is the node's own host.
+                            "CAM_SERVER_URL_DOMAIN": public or f"http://127.0.0.1:{c.edge_ports[name]}"}
             if name in private_bus:
                 bus = rig.NatsCluster(workdir / f"bus-{name}", size=1, name=f"own-{name}")
                 made.private_bus[name] = bus.start()

@@ -8,7 +8,7 @@ import json
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import asyncpg
 import httpx
@@ -20,8 +20,14 @@ from tests.conftest import Cluster
 T = TypeVar("T")
 
 
-async def eventually(check: Callable[[], T | Awaitable[T]], timeout: float, what: str,
-                     step: float = 0.05) -> T:
+@overload
+async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float, what: str,
+                     step: float = ...) -> T: ...
+@overload
+async def eventually(check: Callable[[], T | None], timeout: float, what: str,
+                     step: float = ...) -> T: ...
+async def eventually(check: Callable[[], object], timeout: float, what: str,
+                     step: float = 0.05) -> object:
     """Poll ``check`` until it returns something truthy; fail naming ``what`` at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
@@ -29,7 +35,7 @@ async def eventually(check: Callable[[], T | Awaitable[T]], timeout: float, what
         if inspect.isawaitable(result):
             result = await result
         if result:
-            return result  # type: ignore[return-value]
+            return result
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}: {result!r}")
         await asyncio.sleep(step)

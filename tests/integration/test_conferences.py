@@ -8,7 +8,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import asyncpg
 import pytest
@@ -24,8 +24,14 @@ ADMIN_KEY = "video-admin-key"
 T = TypeVar("T")
 
 
-async def eventually(check: Callable[[], T | Awaitable[T]], timeout: float, what: str,
-                     step: float = 0.1) -> T:
+@overload
+async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float, what: str,
+                     step: float = ...) -> T: ...
+@overload
+async def eventually(check: Callable[[], T | None], timeout: float, what: str,
+                     step: float = ...) -> T: ...
+async def eventually(check: Callable[[], object], timeout: float, what: str,
+                     step: float = 0.1) -> object:
     """Poll ``check`` until it returns something truthy; fail naming ``what`` at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
@@ -33,7 +39,7 @@ async def eventually(check: Callable[[], T | Awaitable[T]], timeout: float, what
         if inspect.isawaitable(result):
             result = await result
         if result:
-            return result  # type: ignore[return-value]
+            return result
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}: {result!r}")
         await asyncio.sleep(step)
@@ -143,6 +149,7 @@ async def test_a_non_member_cannot_join_or_signal(
     a = await cluster.connect("camserver1", a_u)
     x = await cluster.connect("camserver2", x_u)
     room = await a.request("create_room", name="private")
+    fields: dict[str, Any]
     for op, fields in [("conf_join", {}), ("conf_participants", {}), ("conf_explain", {})]:
         with pytest.raises(ClientError) as exc:
             await x.request(op, room=room["id"], **fields)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import asyncpg
 import pytest
@@ -39,7 +39,14 @@ async def commit_without_publish(pool: asyncpg.Pool, room: int, sender: int, bod
     return int(seq)
 
 
-def cluster_with(cluster_factory: Any, **edge_env: str) -> Cluster:
+class EdgeEnv(TypedDict, total=False):
+    """The edge settings these tests change."""
+
+    CAM_REPAIR_INTERVAL: str
+    CAM_DRAIN_SECONDS: str
+
+
+def cluster_with(cluster_factory: Any, **edge_env: Unpack[EdgeEnv]) -> Cluster:
     c: Cluster = cluster_factory(2)
     c.start_chat()
     c.start_presence()
@@ -159,8 +166,8 @@ async def test_resume_with_too_large_a_gap_asks_the_client_to_page(
     more = [await a.send(room["id"], f"m{i}") for i in range(3)]
     b = await two_nodes.connect("camserver2", b_u, resume={room["id"]: ack["seq"]})
     assert b.resync == []
-    got = await b.messages(room["id"], 3)
-    assert [m["seq"] for m in got] == [m["seq"] for m in more]
+    replayed = await b.messages(room["id"], 3)
+    assert [m["seq"] for m in replayed] == [m["seq"] for m in more]
     await a.close()
     await b.close()
 
@@ -181,4 +188,5 @@ async def test_sigterm_drains_health_first_then_closes_clients_with_4002(
     # by itself and cleanly: exit status 0, not death by the signal.
     assert await alice.wait_closed(10) == 4002
     await asyncio.to_thread(rig.wait_for, lambda: not edge.alive(), 15, "edge exit")
+    assert isinstance(edge, rig.Proc)
     assert edge.popen is not None and edge.popen.returncode == 0, edge.tail()

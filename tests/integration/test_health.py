@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,10 @@ from tests.conftest import Cluster
 
 def health(cluster: Cluster, node: str) -> tuple[int, bytes]:
     return rig.http_get(cluster.http(node) + "/CAMServer/healthCheck")
+
+
+def healthy(cluster: Cluster, node: str) -> bool:
+    return health(cluster, node) == (200, b'{"status":200}')
 
 
 def test_every_edge_answers_200_with_the_exact_body(two_nodes: Cluster):
@@ -33,8 +38,7 @@ def test_health_turns_non_200_when_the_bus_is_down_and_recovers(two_nodes: Clust
         two_nodes.nats.restart(i)
     # The edges reconnect by themselves; no restart.
     for node in ("camserver1", "camserver2"):
-        rig.wait_for(lambda node=node: health(two_nodes, node) == (200, b'{"status":200}'), 20,
-                     f"{node} healthy again")
+        rig.wait_for(functools.partial(healthy, two_nodes, node), 20, f"{node} healthy again")
 
 
 async def test_health_turns_non_200_when_the_database_is_down(

@@ -15,6 +15,7 @@ addresses, ports, the certificate and the list of edges) in front of real edges:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -23,7 +24,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -109,7 +110,10 @@ def test_tls_termination_and_plain_http_to_the_edges(lbc: LbCluster, kind: str) 
     with socket.create_connection(("127.0.0.1", balancer.port), timeout=5) as raw, \
             balancer.ssl_context().wrap_socket(raw, server_hostname=lb.LB_HOST) as tls:
         assert tls.version() in ("TLSv1.2", "TLSv1.3")
-        names = [v for k, v in tls.getpeercert()["subjectAltName"] if k == "DNS"]
+        cert = tls.getpeercert()
+        assert cert is not None
+        alt_names = cast("tuple[tuple[str, str], ...]", cert["subjectAltName"])
+        names = [v for k, v in alt_names if k == "DNS"]
         assert lb.LB_HOST in names
     # An unknown certificate is refused: the client really verifies it.
     with pytest.raises(ssl.SSLCertVerificationError), \
@@ -246,8 +250,11 @@ async def test_websocket_chat_through_the_load_balancer(lbc: LbCluster, kind: st
         return [ln for ln in edge_log(lbc.cluster, node)[logged_before[node]:].splitlines()
                 if "WS /ws open" in ln]
 
+    def opened_all(node: str, count: int) -> bool:
+        return len(ws_opens(node)) >= count
+
     for node, count in opened.items():
-        rig.wait_for(lambda node=node, count=count: len(ws_opens(node)) >= count, 5,
+        rig.wait_for(functools.partial(opened_all, node, count), 5,
                      f"{count} WebSocket open lines in {node}'s log")
         lines = ws_opens(node)
         assert len(lines) == count, lines
@@ -259,6 +266,10 @@ async def test_websocket_chat_through_the_load_balancer(lbc: LbCluster, kind: st
 
 def _only(balancer: lb.LoadBalancer, nodes: set[str], count: int = 6) -> bool:
     return set(fresh_nodes(balancer, count)) == nodes
+
+
+def _uses(balancer: lb.LoadBalancer, node: str, count: int) -> bool:
+    return node in fresh_nodes(balancer, count)
 
 
 def test_a_node_whose_health_check_fails_is_taken_out_and_put_back(cluster_factory: Any,
@@ -281,14 +292,15 @@ def test_a_node_whose_health_check_fails_is_taken_out_and_put_back(cluster_facto
         rig.wait_for(lambda: rig.http_get(c.http("camserver2") + lb.HEALTH_PATH)[0] == 503, 10,
                      "camserver2's health check to fail")
         for kind, balancer in made.balancers.items():
-            rig.wait_for(lambda b=balancer: _only(b, {"camserver1"}), 20, f"{kind} to take it out")
+            rig.wait_for(functools.partial(_only, balancer, {"camserver1"}), 20,
+                         f"{kind} to take it out")
             # A client stuck to the failed node is served by the healthy one.
             assert node_of(sticky[kind]) == "camserver1"
 
         bus.restart(0)
         rig.wait_for(lambda: rig.edge_ready(c.edge_ports["camserver2"]), 20, "camserver2 to recover")
         for kind, balancer in made.balancers.items():
-            rig.wait_for(lambda b=balancer: "camserver2" in fresh_nodes(b, 4), 20,
+            rig.wait_for(functools.partial(_uses, balancer, "camserver2", 4), 20,
                          f"{kind} to put it back")
         for client in sticky.values():
             client.close()
@@ -304,16 +316,16 @@ def test_health_check_needs_status_200_and_the_exact_body(tmp_path: Path) -> Non
                      for kind in lb.KINDS]
         try:
             for balancer in balancers:
-                rig.wait_for(lambda b=balancer: set(fresh_nodes(b, 6)) == everyone,
+                rig.wait_for(functools.partial(_only, balancer, everyone, 6),
                              10, f"{balancer.kind} to use every node")
             edges[1].health = (503, b'{"status":200}')
             edges[2].health = (200, b'{"status":503}')
             for balancer in balancers:
-                rig.wait_for(lambda b=balancer: _only(b, {"good"}), 20,
+                rig.wait_for(functools.partial(_only, balancer, {"good"}), 20,
                              f"{balancer.kind} to take out both bad nodes")
             edges[1].health = edges[2].health = lb.HEALTH_OK
             for balancer in balancers:
-                rig.wait_for(lambda b=balancer: set(fresh_nodes(b, 6)) == everyone,
+                rig.wait_for(functools.partial(_only, balancer, everyone, 6),
                              20, f"{balancer.kind} to put them back")
         finally:
             for balancer in balancers:

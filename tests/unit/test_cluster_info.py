@@ -28,7 +28,7 @@ async def cluster_json(base_url: str = "http://camserver1:8080", **keys: str) ->
     async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
         r = await client.get("/api/cluster")
     assert r.status_code == 200
-    return r.json()  # type: ignore[no-any-return]
+    return r.json()
 
 
 async def info(base_url: str = "http://camserver1:8080", **keys: str) -> ClusterInfo:

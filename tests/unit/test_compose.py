@@ -62,7 +62,7 @@ def docker_compose(*args: str, file: Path = COMPOSE_FILE, env: dict[str, str] | 
 def resolve(tmp: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
     r = docker_compose("config", "--format", "json", env=env, tmp=tmp)
     assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)  # type: ignore[no-any-return]
+    return json.loads(r.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +170,7 @@ def test_health_checks_and_start_order(model: dict[str, Any]) -> None:
 
 def _scripts() -> dict[str, str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    return project["project"]["scripts"]  # type: ignore[no-any-return]
+    return project["project"]["scripts"]
 
 
 def _parse_camctl(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> str:
@@ -410,7 +410,7 @@ def _free_port() -> int:
 def _janus_info(url: str) -> dict[str, Any] | None:
     try:
         with urllib.request.urlopen(url + "/info", timeout=1) as r:  # noqa: S310 - loopback
-            return json.loads(r.read())  # type: ignore[no-any-return]
+            return json.loads(r.read())
     except (OSError, ValueError, urllib.error.URLError):
         return None
 
@@ -419,7 +419,7 @@ def _janus_post(url: str, body: dict[str, Any]) -> dict[str, Any]:
     request = urllib.request.Request(url, json.dumps({**body, "transaction": "t"}).encode(),
                                      {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=5) as r:  # noqa: S310 - loopback
-        return json.loads(r.read())  # type: ignore[no-any-return]
+        return json.loads(r.read())
 
 
 def _videoroom(url: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
@@ -430,7 +430,7 @@ def _videoroom(url: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
 
     def request(body: dict[str, Any]) -> dict[str, Any]:
         reply = _janus_post(f"{url}/{session}/{handle}", {"janus": "message", "body": body})
-        return reply["plugindata"]["data"]  # type: ignore[no-any-return]
+        return reply["plugindata"]["data"]
 
     return request
 
