@@ -4,12 +4,17 @@ every member exactly once, in room order, and nothing is shown that was not stor
 Rig: 3 NATS servers with routes, PostgreSQL, 3 edges (each on its own NATS server),
 2 chat replicas, 1 presence replica; 9 clients spread over the edges, all members of 3
 rooms, each sending at a steady rate through a failover ``Session``.
+
+Each scenario also shows that its fault really hit traffic: sends were in flight (started,
+not yet acknowledged) at the moment it struck, and then what the fault did to them and
+to the clients (held until recovery, re-sent elsewhere after a reconnect, ...).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import random
 import signal
 import socket
@@ -19,9 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import nats
 import pytest
+from nats.aio.msg import Msg
 
 from camclient import Client, Session, login
+from camcore import subjects
 from camctl import rig
 from tests.conftest import Cluster
 
@@ -39,7 +47,15 @@ class Member:
     log: list[tuple[int, int, str, str, float]] = field(default_factory=list)
     sent: int = 0
     acked: dict[str, tuple[int, int, float]] = field(default_factory=dict)
+    pending: set[str] = field(default_factory=set)
+    """cids of sends started and not yet acknowledged."""
     reader: asyncio.Task[None] | None = None
+
+    @property
+    def node(self) -> str | None:
+        """The edge this member is connected to now."""
+        client = self.session.client
+        return client.hello.get("node") if client is not None else None
 
     async def read(self) -> None:
         while True:
@@ -58,6 +74,8 @@ class Rig:
         self.first_try: dict[str, float] = {}
         self.sending = False
         self.senders: list[asyncio.Task[None]] = []
+        self.hit: set[str] = set()
+        """cids of the sends in flight at the moments a fault struck."""
 
     async def setup(self, make_user: Any, n: int = 9, **session_kw: Any) -> None:
         users = [await make_user() for _ in range(n)]
@@ -92,7 +110,9 @@ class Rig:
             # Random text: compression must not shrink the load away.
             pad = base64.b64encode(rng.randbytes(body_size)).decode()
             body = f"{cid} {pad}"[:max(body_size, len(cid))]
+            m.pending.add(cid)
             ack = await m.session.send(room, body, cid=cid, deadline=90)
+            m.pending.discard(cid)
             m.acked[cid] = (ack["room"], ack["seq"], time.monotonic())
             await asyncio.sleep(every * rng.uniform(0.5, 1.5))
 
@@ -109,6 +129,30 @@ class Rig:
         self.sending = False
         await asyncio.gather(*self.senders)
         self.senders.clear()
+
+    def connected_to(self, node: str) -> list[Member]:
+        return [m for m in self.members if m.node == node]
+
+    async def in_flight(self, members: list[Member] | None = None,
+                        timeout: float = 10.0) -> set[str]:
+        """Poll until some of ``members`` (default: all) have sends started but not yet
+        acknowledged; return their cids, also kept in ``hit``. The caller strikes at
+        once, with no await in between, so these are in flight at that moment."""
+        members = self.members if members is None else members
+        assert members, "nobody to wait for"
+        deadline = time.monotonic() + timeout
+        while not (pending := {cid for m in members for cid in m.pending}):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no send of {[m.name for m in members]} in flight "
+                                     f"within {timeout:g}s")
+            await asyncio.sleep(0.001)
+        self.hit |= pending
+        return pending
+
+    def held_across(self, moment: float) -> list[Member]:
+        """Members with a send first tried before ``moment`` and acknowledged after it."""
+        return [m for m in self.members
+                if any(self.first_try[cid] < moment < at for cid, (_, _, at) in m.acked.items())]
 
     async def heads(self) -> dict[int, int]:
         rows = await self.pool.fetch("SELECT id, last_seq FROM rooms WHERE id = ANY($1)", self.rooms)
@@ -149,10 +193,15 @@ class Rig:
         for cid, (room, seq, _) in acked.items():
             if stored.get((room, seq), ("",))[0] != cid:
                 problems.append(f"acknowledged {cid} at ({room}, {seq}) is not stored there")
+        for cid in sorted(self.hit - acked.keys()):
+            problems.append(f"{cid}, in flight when the fault struck, was never acknowledged")
         report = {"scenario": scenario, "sent": sum(m.sent for m in self.members),
                   "acknowledged": len(acked), "delivered": deliveries,
+                  "in_flight_at_fault": len(self.hit),
                   "longest_delivery_delay_s": round(max_delay, 2),
-                  "reconnects": sum(m.session.connections - 1 for m in self.members)}
+                  "reconnects": sum(m.session.connections - 1 for m in self.members),
+                  "close_codes": {m.name: m.session.close_codes
+                                  for m in self.members if m.session.close_codes}}
         print(f"\nfault report: {report}")
         assert not problems, "\n".join(problems[:20])
         assert report["acknowledged"] > 0
@@ -183,67 +232,164 @@ async def fault_rig(cluster_factory: Any, pool: asyncpg.Pool, make_user: Any) ->
 async def run(rig_: Rig, scenario: str, fault: Callable[[], Awaitable[None]],
               after: float = 3.0) -> dict[str, Any]:
     rig_.start_load()
-    await asyncio.sleep(2.0)
+    await asyncio.sleep(2.0)  # the load runs for 2 s before the fault...
+    idle = [m.name for m in rig_.members if not m.acked]
+    assert not idle, f"not sending before the fault: {idle}"
     await fault()
-    await asyncio.sleep(after)
+    await asyncio.sleep(after)  # ...and goes on for `after` seconds after it
     await rig_.stop_load()
-    return await rig_.check(scenario)
+    report = await rig_.check(scenario)
+    # The fault struck while sends were in flight, and each of them was stored (check).
+    assert rig_.hit, "no send was in flight when the fault struck"
+    return report
+
+
+class ChatServed:
+    """The ``served`` counter of each chat replica by pid, from its heartbeats on the bus."""
+
+    def __init__(self) -> None:
+        self.served: dict[int, float] = {}
+        self.nc: Any = None
+
+    async def start(self, urls: list[str]) -> ChatServed:
+        self.nc = await nats.connect(servers=urls, name="test-heartbeats")
+        await self.nc.subscribe(subjects.HEARTBEAT_ALL, cb=self._on_beat)
+        return self
+
+    async def _on_beat(self, msg: Msg) -> None:
+        beat = json.loads(msg.data)
+        if beat.get("kind") == "chat":
+            self.served[int(beat["pid"])] = float(beat.get("load", {}).get("served", 0))
+
+    async def close(self) -> None:
+        await self.nc.close()
 
 
 async def test_kill_9_of_an_edge_mid_stream(fault_rig: Rig):
+    victims: list[Member] = []
+
     async def fault() -> None:
+        victims.extend(fault_rig.connected_to("camserver2"))
+        await fault_rig.in_flight(victims)  # one of its clients is waiting for an ack
         fault_rig.cluster.procs["camserver2"].kill()
 
     report = await run(fault_rig, "kill -9 edge", fault)
     assert report["reconnects"] >= 3  # camserver2's clients moved to other edges
+    # Every client the edge held lost its connection without a close frame (1006),
+    # reconnected to another edge, and got its interrupted send acknowledged there.
+    assert len(victims) >= 3
+    for m in victims:
+        assert 1006 in m.session.close_codes, (m.name, m.session.close_codes)
+        assert m.session.connections >= 2 and m.node not in (None, "camserver2"), m.name
 
 
 async def test_kill_9_of_a_chat_replica_mid_send(fault_rig: Rig):
-    async def fault() -> None:
-        fault_rig.cluster.procs["chat1"].kill()
+    chat1 = fault_rig.cluster.procs["chat1"]
+    heartbeats = await ChatServed().start(fault_rig.cluster.nats.urls)
+    served: dict[str, float] = {}
 
-    await run(fault_rig, "kill -9 chat replica", fault)
+    async def fault() -> None:
+        await fault_rig.in_flight()
+        served["at_kill"] = heartbeats.served[chat1.pid]
+        chat1.kill()
+
+    try:
+        deadline = time.monotonic() + 10
+        while chat1.pid not in heartbeats.served:
+            assert time.monotonic() < deadline, "no heartbeat from chat1"
+            await asyncio.sleep(0.05)
+        served["at_load"] = heartbeats.served[chat1.pid]
+        report = await run(fault_rig, "kill -9 chat replica", fault)
+    finally:
+        await heartbeats.close()
+    # The killed replica was serving the load up to its death: a share of the ~120 sends
+    # before the kill, more than the edges' repair checks (a few a second) could make up.
+    assert served["at_kill"] - served["at_load"] >= 30, served
+    # The clients did not notice beyond a delay: no connection was dropped.
+    assert report["reconnects"] == 0
 
 
 async def test_kill_9_of_one_nats_server(fault_rig: Rig):
+    log = fault_rig.cluster.procs["camserver2"].log_path
+    at_kill: dict[str, int] = {}
+
     async def fault() -> None:
+        # camserver2 is attached to this server only: its clients' sends cross it.
+        await fault_rig.in_flight(fault_rig.connected_to("camserver2"))
+        at_kill["log"] = log.stat().st_size
         fault_rig.cluster.nats.procs[1].kill()
 
-    await run(fault_rig, "kill -9 NATS server", fault, after=4.0)
+    report = await run(fault_rig, "kill -9 NATS server", fault, after=4.0)
+    # The edge that used the dead server moved to another one by itself...
+    after_kill = log.read_bytes()[at_kill["log"]:]
+    assert b"bus: reconnected" in after_kill, after_kill[-2000:]
+    # ...and its clients kept their connections.
+    assert report["reconnects"] == 0
 
 
 async def test_all_nats_servers_stopped_for_10_seconds(fault_rig: Rig):
+    restart: dict[str, float] = {}
+
     async def fault() -> None:
+        await fault_rig.in_flight()
         for proc in fault_rig.cluster.nats.procs:
             proc.kill()
-        await asyncio.sleep(10)
+        await asyncio.sleep(10)  # the outage
+        restart["begins"] = time.monotonic()
         for i in range(len(fault_rig.cluster.nats.procs)):
             await asyncio.to_thread(fault_rig.cluster.nats.restart, i)
 
     await run(fault_rig, "all NATS down 10 s", fault, after=4.0)
+    # Every client kept sending into the outage: each had a send that could only be
+    # acknowledged once the bus was back (and was, exactly once: check).
+    held = fault_rig.held_across(restart["begins"])
+    assert len(held) == len(fault_rig.members), [m.name for m in held]
 
 
 async def test_postgres_restart_with_immediate_shutdown(fault_rig: Rig, postgres: rig.Postgres):
+    restart: dict[str, float] = {}
+
     async def fault() -> None:
+        await fault_rig.in_flight()
         await asyncio.to_thread(postgres.stop, "immediate")
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # the outage
+        restart["begins"] = time.monotonic()
         await asyncio.to_thread(postgres.start)
 
-    await run(fault_rig, "Postgres immediate restart", fault, after=4.0)
+    report = await run(fault_rig, "Postgres immediate restart", fault, after=4.0)
+    # Every client had a send held until the database was back; no connection dropped.
+    held = fault_rig.held_across(restart["begins"])
+    assert len(held) == len(fault_rig.members), [m.name for m in held]
+    assert report["reconnects"] == 0
 
 
 async def test_edge_frozen_for_15_seconds(fault_rig: Rig):
     edge = fault_rig.cluster.procs["camserver3"]
+    frozen: list[Member] = []
+    stuck: set[str] = set()
+    thawed: dict[str, float] = {}
 
     async def fault() -> None:
+        frozen.extend(fault_rig.connected_to("camserver3"))
+        stuck.update(await fault_rig.in_flight(frozen))
         edge.signal(signal.SIGSTOP)
         try:
-            await asyncio.sleep(15)
+            await asyncio.sleep(15)  # the freeze
         finally:
             edge.signal(signal.SIGCONT)
+            thawed["at"] = time.monotonic()
 
     report = await run(fault_rig, "SIGSTOP edge 15 s", fault)
     assert report["reconnects"] >= 3
+    # The frozen edge's clients gave up on it and moved on by themselves...
+    assert len(frozen) >= 3
+    for m in frozen:
+        assert m.session.connections >= 2 and m.session.close_codes, m.name
+    # ...and the sends stuck in it were re-sent elsewhere and acknowledged while it was
+    # still frozen.
+    acked = {cid: at for m in frozen for cid, (_, _, at) in m.acked.items()}
+    late = {cid: round(acked[cid] - thawed["at"], 2) for cid in stuck if acked[cid] >= thawed["at"]}
+    assert not late, f"acknowledged only after the edge ran again: {late}"
 
 
 async def test_slow_consumer_is_cut_off_and_resumes_while_others_keep_up(
@@ -274,16 +420,23 @@ async def test_slow_consumer_is_cut_off_and_resumes_while_others_keep_up(
         log = cluster.procs[slow.home].log_path
         await asyncio.to_thread(rig.wait_for, lambda: b"cannot keep up" in log.read_bytes(),
                                 120, "the edge to close the slow client", 0.2)
-        # While the slow one reads nothing, the others are not held back.
+        # While the slow one reads nothing, the others are not held back: they reach
+        # every room's head.
         heads = await r.heads()
-        await asyncio.sleep(1.0)
         fast = r.members[1:]
-        assert all(m.session.last_seq[room] >= heads[room] for m in fast for room in r.rooms)
+        deadline = time.monotonic() + 10
+        while behind := {(m.name, room) for m in fast for room in r.rooms
+                         if m.session.last_seq.get(room, 0) < heads[room]}:
+            assert time.monotonic() < deadline, f"fast members held back: {sorted(behind)}"
+            await asyncio.sleep(0.05)
         await r.stop_load()
         slow.session.client.ws.transport.resume_reading()
         report = await r.check("slow consumer")
         assert not slow.session.resync
+        # The slow one itself was cut off (4001, or 1006 when even the close frame could
+        # not reach it), reconnected and got everything by its resume.
         assert slow.session.close_codes and slow.session.close_codes[0] in (4001, 1006)
+        assert slow.session.connections >= 2
         assert report["reconnects"] >= 1
     finally:
         await r.close()
@@ -291,13 +444,25 @@ async def test_slow_consumer_is_cut_off_and_resumes_while_others_keep_up(
 
 async def test_rolling_restart_of_all_edges(fault_rig: Rig):
     cluster = fault_rig.cluster
+    exits: dict[str, int | None] = {}
 
     async def fault() -> None:
         for i, edge in enumerate(EDGES):
-            await asyncio.to_thread(cluster.procs[edge].stop)
+            # Each edge gets SIGTERM while one of its clients waits for an ack, and must
+            # drain and exit by itself.
+            proc = cluster.procs[edge]
+            await fault_rig.in_flight(fault_rig.connected_to(edge))
+            proc.signal(signal.SIGTERM)
+            await asyncio.to_thread(rig.wait_for, lambda p=proc: not p.alive(), 15, f"{edge} to exit")
+            exits[edge] = proc.popen.returncode if proc.popen is not None else None
             cluster.start_edge(edge, nats=i)
             await asyncio.to_thread(cluster.wait_edges, edge)
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # pace: one edge a second
 
     report = await run(fault_rig, "rolling restart", fault)
     assert report["reconnects"] >= 9
+    # Every edge drained and exited by itself, and every client was told to reconnect
+    # elsewhere (4002; 1012 only if it did not take the close in time) at least once.
+    assert exits == dict.fromkeys(EDGES, 0)
+    for m in fault_rig.members:
+        assert {4002, 1012} & set(m.session.close_codes), (m.name, m.session.close_codes)
