@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import random
 import signal
@@ -195,13 +196,14 @@ class Rig:
                 problems.append(f"acknowledged {cid} at ({room}, {seq}) is not stored there")
         for cid in sorted(self.hit - acked.keys()):
             problems.append(f"{cid}, in flight when the fault struck, was never acknowledged")
-        report = {"scenario": scenario, "sent": sum(m.sent for m in self.members),
-                  "acknowledged": len(acked), "delivered": deliveries,
-                  "in_flight_at_fault": len(self.hit),
-                  "longest_delivery_delay_s": round(max_delay, 2),
-                  "reconnects": sum(m.session.connections - 1 for m in self.members),
-                  "close_codes": {m.name: m.session.close_codes
-                                  for m in self.members if m.session.close_codes}}
+        report: dict[str, Any] = {
+            "scenario": scenario, "sent": sum(m.sent for m in self.members),
+            "acknowledged": len(acked), "delivered": deliveries,
+            "in_flight_at_fault": len(self.hit),
+            "longest_delivery_delay_s": round(max_delay, 2),
+            "reconnects": sum(m.session.connections - 1 for m in self.members),
+            "close_codes": {m.name: m.session.close_codes
+                            for m in self.members if m.session.close_codes}}
         print(f"\nfault report: {report}")
         assert not problems, "\n".join(problems[:20])
         assert report["acknowledged"] > 0
@@ -451,9 +453,11 @@ async def test_rolling_restart_of_all_edges(fault_rig: Rig):
             # Each edge gets SIGTERM while one of its clients waits for an ack, and must
             # drain and exit by itself.
             proc = cluster.procs[edge]
+            assert isinstance(proc, rig.Proc)
             await fault_rig.in_flight(fault_rig.connected_to(edge))
             proc.signal(signal.SIGTERM)
-            await asyncio.to_thread(rig.wait_for, lambda p=proc: not p.alive(), 15, f"{edge} to exit")
+            await asyncio.to_thread(rig.wait_for, functools.partial(_exited, proc), 15,
+                                    f"{edge} to exit")
             exits[edge] = proc.popen.returncode if proc.popen is not None else None
             cluster.start_edge(edge, nats=i)
             await asyncio.to_thread(cluster.wait_edges, edge)
@@ -466,3 +470,7 @@ async def test_rolling_restart_of_all_edges(fault_rig: Rig):
     assert exits == dict.fromkeys(EDGES, 0)
     for m in fault_rig.members:
         assert {4002, 1012} & set(m.session.close_codes), (m.name, m.session.close_codes)
+
+
+def _exited(proc: rig.Proc) -> bool:
+    return not proc.alive()
