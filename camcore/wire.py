@@ -7,7 +7,8 @@ which validates types and limits.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final, Literal
+from collections.abc import Sequence
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 
@@ -18,8 +19,15 @@ ClientMsgId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r
 RequestId = str | int | None
 Seq = Annotated[int, msgspec.Meta(ge=0)]
 PageLimit = Annotated[int, msgspec.Meta(ge=1, le=200)]
+ROOMS_PAGE_MAX: Final = 5000
+"""Most rooms in one ``rooms`` / ``list_rooms`` page (fewer when the byte budget is hit)."""
+RoomPageLimit = Annotated[int, msgspec.Meta(ge=1, le=ROOMS_PAGE_MAX)]
 
 MAX_NAMES: Final = 100
+
+PAGE_BYTES: Final = 512 * 1024
+"""Byte budget of one page of a bus reply (history, room list): well under the bus
+payload limit (NATS: 1 MiB), so a page of the largest messages still travels."""
 
 encode = msgspec.json.Encoder().encode
 _decoder = msgspec.json.Decoder()
@@ -28,6 +36,30 @@ _decoder = msgspec.json.Decoder()
 def decode(data: bytes | str) -> Any:
     """Raw JSON to builtins; raises msgspec.DecodeError on malformed input."""
     return _decoder.decode(data)
+
+
+T = TypeVar("T")
+
+
+def bounded_page(items: Sequence[T], budget: int = PAGE_BYTES, *,
+                 from_end: bool = False) -> tuple[list[T], bool]:
+    """The longest run of ``items`` whose JSON list fits in ``budget`` bytes, and
+    whether it was cut short.
+
+    The run starts at the first item, or ends at the last one with ``from_end`` (the
+    newest messages of a backward history page). It always holds at least one item,
+    so paging makes progress however large a single item is.
+    """
+    order = range(len(items) - 1, -1, -1) if from_end else range(len(items))
+    size = 2  # the brackets
+    taken = 0
+    for i in order:
+        size += len(encode(items[i])) + (1 if taken else 0)  # the comma before it
+        if taken and size > budget:
+            break
+        taken += 1
+    kept = list(items[len(items) - taken:]) if from_end else list(items[:taken])
+    return kept, taken < len(items)
 
 
 # ---------------------------------------------------------------- client -> edge
@@ -51,7 +83,10 @@ class Ping(Frame, tag="ping"):
 
 
 class ListRoomsFrame(Frame, tag="rooms"):
-    pass
+    after: Annotated[int, msgspec.Meta(ge=0, le=2**62)] = 0
+    """The ``next`` of the previous page; 0 for the first."""
+    limit: RoomPageLimit | None = None
+    """None: as many as fit in one page (``PAGE_BYTES``)."""
 
 
 class CreateRoomFrame(Frame, tag="create_room"):
@@ -190,7 +225,11 @@ class Invite(ChatRequest):
 
 
 class ListRooms(ChatRequest):
-    pass
+    """One page of the caller's rooms by id: those after ``after`` (a room id, 0 for
+    the first page), at most ``limit`` (None: ``ROOMS_PAGE_MAX``) and ``PAGE_BYTES``."""
+
+    after: Annotated[int, msgspec.Meta(ge=0, le=2**62)] = 0
+    limit: RoomPageLimit | None = None
 
 
 class SendMessage(ChatRequest):
