@@ -99,7 +99,14 @@ class Client:
         except BaseException:
             await self.close()
             raise
-        self.user, self.rooms = result["user"], result["rooms"]
+        self.user, self.rooms = result["user"], list(result["rooms"])
+        if result.get("next") is not None:
+            # auth carries the first page of a long room list; the rest is paged.
+            try:
+                self.rooms += await self.list_rooms(after=result["next"])
+            except BaseException:
+                await self.close()
+                raise
         self.resync = result.get("resync", [])
         # Where each resync room's gap starts: page with history from there.
         self.resync_from = {r: (resume or {}).get(r, 0) for r in self.resync}
@@ -159,6 +166,21 @@ class Client:
 
     async def history(self, room: int, **page: Any) -> dict[str, Any]:
         return await self.request("history", room=room, **page)
+
+    async def list_rooms(self, *, after: int = 0, limit: int | None = None
+                         ) -> list[dict[str, Any]]:
+        """Every room of the user after room id ``after``, ordered by id, fetched page
+        by page (``rooms`` with its ``next`` cursor)."""
+        rooms: list[dict[str, Any]] = []
+        cursor: int | None = after
+        while cursor is not None:
+            fields: dict[str, Any] = {"after": cursor} if cursor else {}
+            if limit is not None:
+                fields["limit"] = limit
+            page = await self.request("rooms", **fields)
+            rooms += page["rooms"]
+            cursor = page.get("next")
+        return rooms
 
     async def next_event(self, op: str | None = None, *, timeout: float = 10.0,
                          where: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:

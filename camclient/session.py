@@ -156,6 +156,17 @@ class Session:
             await asyncio.sleep(self._delay(attempt))
             attempt += 1
 
+    async def list_rooms(self, *, deadline: float = 60.0) -> list[dict[str, Any]]:
+        """Every room of the user, paged with ``rooms`` (each page retried on any node)."""
+        rooms: list[dict[str, Any]] = []
+        after = 0
+        while True:
+            page = await self.request("rooms", deadline=deadline, **({"after": after} if after else {}))
+            rooms += page["rooms"]
+            if page.get("next") is None:
+                return rooms
+            after = page["next"]
+
     async def send(self, room: int, body: str, cid: str | None = None, *,
                    deadline: float = 60.0) -> dict[str, Any]:
         """Send until acknowledged; every attempt uses the same client message id."""

@@ -204,8 +204,15 @@ class ChatService(ReplicaBase):
         return {"room": req.room, "added": names}
 
     async def list_rooms(self, req: wire.ListRooms) -> dict[str, Any]:
-        rows = await self.pool.fetch(_ROOM_SELECT + " ORDER BY r.id", req.user_id)
-        return {"rooms": [_room(r) for r in rows]}
+        limit = req.limit or wire.ROOMS_PAGE_MAX
+        rows = await self.pool.fetch(
+            _ROOM_SELECT + " WHERE r.id > $2 ORDER BY r.id LIMIT $3",
+            req.user_id, req.after, limit + 1,
+        )
+        rooms, cut = wire.bounded_page([_room(r) for r in rows[:limit]])
+        more = cut or len(rows) > limit
+        # ``next`` is the cursor of the following page: the last id of this one.
+        return {"rooms": rooms, "next": rooms[-1]["id"] if more else None}
 
     async def room_info(self, req: wire.RoomInfo) -> dict[str, Any]:
         row = await self.pool.fetchrow(_ROOM_SELECT + " WHERE r.id = $2", req.user_id, req.room)
@@ -263,7 +270,11 @@ class ChatService(ReplicaBase):
                          ts=_ms(r["created_at"]))
             for r in rows
         ]
-        return {"room": req.room, "messages": messages, "has_more": has_more, "last_seq": last_seq}
+        # Large messages fill the byte budget before ``limit``: the page ends early, on
+        # the side away from the cursor, and has_more sends the client for the rest.
+        messages, cut = wire.bounded_page(messages, from_end=req.after is None)
+        return {"room": req.room, "messages": messages, "has_more": has_more or cut,
+                "last_seq": last_seq}
 
     async def members(self, req: wire.Members) -> dict[str, Any]:
         async with self.pool.acquire() as conn:

@@ -31,6 +31,8 @@ from .presence import new_session_id
 log = logging.getLogger(__name__)
 
 NOT_A_MEMBER = "not a member of this room (or no such room)"
+HEADS_PER_REQUEST = 5000
+"""Rooms per ``room_heads`` request (about 25 bytes of reply each)."""
 _BAD_FRAME_CODES = frozenset({errors.MALFORMED_FRAME, errors.UNKNOWN_OP, errors.BAD_REQUEST})
 
 
@@ -216,11 +218,14 @@ class Connection:
         if not rooms:
             return
         await self.edge.nc.flush(timeout=5)
-        listing = await self.edge.chat("list_rooms", wire.ListRooms(user_id=self.uid))
-        for room in listing["rooms"]:
-            cursor = self.cursors.get(room["id"])
-            if cursor is not None and cursor.expect(room["last_seq"]):
-                self.start_repair(room["id"])
+        # The heads only: a user's room list can be far larger than one bus reply.
+        for i in range(0, len(rooms), HEADS_PER_REQUEST):
+            heads = await self.edge.chat(
+                "room_heads", wire.RoomHeads(rooms=rooms[i:i + HEADS_PER_REQUEST]))
+            for room, head in heads["heads"]:
+                cursor = self.cursors.get(room)
+                if cursor is not None and cursor.expect(head):
+                    self.start_repair(room)
 
     def offer(self, room: int, seq: int, frame: str) -> None:
         """A live event: deliver it now if it is the next one, else hold it for repair."""

@@ -22,7 +22,8 @@ ops = OpGroup("chat")
 
 @ops.handles(wire.ListRoomsFrame)
 async def rooms(conn: Connection, frame: wire.ListRoomsFrame) -> dict[str, Any]:
-    return await conn.edge.chat("list_rooms", wire.ListRooms(user_id=conn.uid))
+    return await conn.edge.chat(
+        "list_rooms", wire.ListRooms(user_id=conn.uid, after=frame.after, limit=frame.limit))
 
 
 @ops.handles(wire.CreateRoomFrame)
