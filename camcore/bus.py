@@ -7,10 +7,11 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import nats
+from nats.aio.client import DEFAULT_MAX_PAYLOAD_SIZE
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -80,6 +81,11 @@ async def connect(
 
 Handler = Callable[[Any], Awaitable[Any]]
 
+TOO_LARGE: Final = "too_large"
+"""The reply code of an answer larger than the bus payload limit.
+
+Belongs in ``camcore.errors.CODES`` (HTTP 413); kept here until it is registered there."""
+
 
 class RpcServer:
     """Serves ``<prefix>.<op>`` requests in a queue group, each in its own task.
@@ -144,8 +150,18 @@ class RpcServer:
             reply = Reply(ok=False, code=failed.code, message=failed.message)
         self.served += 1
         if msg.reply:
+            data = encode(reply)
+            # The server's limit, from its INFO (nats' default before it sent one).
+            limit = int(getattr(self._nc, "max_payload", DEFAULT_MAX_PAYLOAD_SIZE))
+            if len(data) > limit:
+                # The bus would refuse it and the requester would wait out its timeout.
+                log.error("%s: reply of %d bytes exceeds the bus payload limit (%d)",
+                          op, len(data), limit)
+                data = encode(Reply(ok=False, code=TOO_LARGE, message=(
+                    f"the answer ({len(data)} bytes) exceeds the bus payload limit "
+                    f"({limit} bytes)")))
             try:
-                await msg.respond(encode(reply))
+                await msg.respond(data)
             except Exception as exc:  # noqa: BLE001 - the requester retries on timeout
                 log.warning("%s: reply lost: %s", op, exc)
 
