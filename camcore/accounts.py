@@ -104,7 +104,13 @@ async def directory(pool: asyncpg.Pool, *, after: int = 0, limit: int = 100) -> 
 
 
 async def authenticate(pool: asyncpg.Pool, username: str, password: str) -> User:
-    """The user whose password this is; BAD_CREDENTIALS otherwise (same for unknown users)."""
+    """The user whose password this is; BAD_CREDENTIALS otherwise (same for unknown users).
+
+    A name no account can have, or a password longer than any account's, is refused
+    without asking the database (a NUL would make it fail) or hashing a megabyte.
+    """
+    if not USERNAME_RE.fullmatch(username) or len(password) > MAX_PASSWORD:
+        raise CamError("wrong user name or password", errors.BAD_CREDENTIALS)
     row = await pool.fetchrow(
         "SELECT id, username, display_name, is_admin, password_hash FROM users WHERE username = $1",
         username,

@@ -716,6 +716,89 @@ KEYS: Final[tuple[ConfigKey, ...]] = (
         parse=_trusted_proxies,
         format=_join(";"),
     ),
+    ConfigKey(
+        ini="cam.loginMaxFailures",
+        env="CAM_LOGIN_MAX_FAILURES",
+        field="login_max_failures",
+        default="5",
+        description="Failed logins of one account within cam.loginFailureWindow before "
+        "its logins get 429 until the oldest failure leaves the window.",
+        parse=_int_range(1, 1_000_000),
+        note="Four times as many within 16 windows lock it for up to 16 windows (backoff).",
+    ),
+    ConfigKey(
+        ini="cam.loginAddressMaxFailures",
+        env="CAM_LOGIN_ADDRESS_MAX_FAILURES",
+        field="login_address_max_failures",
+        default="20",
+        description="Failed logins from one client address (behind cam.trustedProxies: the "
+        "real client) within cam.loginFailureWindow before its logins get 429.",
+        parse=_int_range(1, 1_000_000),
+    ),
+    ConfigKey(
+        ini="cam.loginFailureWindow",
+        env="CAM_LOGIN_FAILURE_WINDOW",
+        field="login_failure_window",
+        default="60",
+        description="Seconds over which failed logins are counted.",
+        parse=_int_range(1, 86_400),
+    ),
+    ConfigKey(
+        ini="cam.loginConcurrency",
+        env="CAM_LOGIN_CONCURRENCY",
+        field="login_concurrency",
+        default="4",
+        description="Password verifications (Argon2id) an edge runs at once; up to 8 times "
+        "as many logins wait for one, more get 429.",
+        parse=_int_range(1, 256),
+    ),
+    ConfigKey(
+        ini="cam.maxRequestBytes",
+        env="CAM_MAX_REQUEST_BYTES",
+        field="max_request_bytes",
+        default="65536",
+        description="Largest REST request body, in bytes; larger ones get 413 before they "
+        "are read.",
+        parse=_int_range(1024, 16_777_216),
+    ),
+    ConfigKey(
+        ini="cam.httpHeaderTimeout",
+        env="CAM_HTTP_HEADER_TIMEOUT",
+        field="http_header_timeout",
+        default="10.0",
+        description="Seconds a client connection has to send a complete request line and "
+        "headers; then it is closed. Also the time allowed for a REST request body (408).",
+        parse=_float_range(0.1, 300.0),
+        format=repr,
+    ),
+    ConfigKey(
+        ini="cam.httpKeepAlive",
+        env="CAM_HTTP_KEEP_ALIVE",
+        field="http_keep_alive",
+        default="5",
+        description="Seconds an idle HTTP keep-alive connection stays open.",
+        parse=_int_range(1, 3600),
+    ),
+    ConfigKey(
+        ini="cam.httpMaxPendingConnections",
+        env="CAM_HTTP_MAX_PENDING_CONNECTIONS",
+        field="http_max_pending_connections",
+        default="1000",
+        description="Connections that may wait for their request headers at once; more are "
+        "closed as they open.",
+        parse=_int_range(1, 1_000_000),
+    ),
+    ConfigKey(
+        ini="cam.monitoringToken",
+        env="CAM_MONITORING_TOKEN",
+        field="monitoring_token",
+        default="",
+        description="Bearer token that may read GET /api/cluster/view without an admin "
+        "session (empty: admins only).",
+        parse=_text,
+        format=str,
+        note="Keep it secret like a password; at least 16 characters.",
+    ),
 )
 
 _BY_INI: Final[dict[str, ConfigKey]] = {key.ini: key for key in KEYS}
@@ -757,6 +840,15 @@ class Settings:
     video_admin_key: str
     video_probe_interval: float
     trusted_proxies: tuple[str, ...]
+    login_max_failures: int
+    login_address_max_failures: int
+    login_failure_window: int
+    login_concurrency: int
+    max_request_bytes: int
+    http_header_timeout: float
+    http_keep_alive: int
+    http_max_pending_connections: int
+    monitoring_token: str
     unknown_keys: tuple[str, ...]
     """boot.ini keys and CAM_* environment variables that name no key (warned, ignored)."""
     source: str

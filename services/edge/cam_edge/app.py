@@ -1,13 +1,15 @@
 """The edge's ASGI application: REST (login, logout, cluster info), health, WebSocket.
 
 REST errors go through the project's one error table (``camcore.errors.failure``), like
-the WebSocket ops and the bus replies: the same code, with its HTTP status.
+the WebSocket ops and the bus replies: the same code, with its HTTP status. Refusals
+that exist only over HTTP (429, 413, 408, 415, 403) come from ``limits``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
@@ -32,11 +34,10 @@ from .context import Edge
 from .forwarded import ForwardedMiddleware
 from .health import HealthProbe
 from .hub import Hub
+from .limits import FORBIDDEN, UNSUPPORTED_MEDIA_TYPE, BodyLimitMiddleware, HttpRefusal, LoginGuard
 from .presence import PresenceAgent, PresenceWatch
 
 log = logging.getLogger(__name__)
-
-MAX_REST_BODY = 16 * 1024
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -46,9 +47,17 @@ class Credentials(msgspec.Struct, forbid_unknown_fields=True):
     password: str
 
 
+NO_STORE = {"cache-control": "no-store"}
+
+
 def error_response(failed: Failure) -> JSONResponse:
     return JSONResponse({"error": {"code": failed.code, "message": failed.message}},
-                        status_code=failed.http_status)
+                        status_code=failed.http_status, headers=NO_STORE)
+
+
+def refusal_response(refused: HttpRefusal) -> Response:
+    return Response(refused.body(), status_code=refused.status, headers=refused.headers(),
+                    media_type="application/json")
 
 
 def rest(endpoint: Endpoint) -> Endpoint:
@@ -58,6 +67,8 @@ def rest(endpoint: Endpoint) -> Endpoint:
     async def route(request: Request) -> Response:
         try:
             return await endpoint(request)
+        except HttpRefusal as refused:
+            return refusal_response(refused)
         except Exception as exc:
             return error_response(errors.report(log, f"{request.method} {request.url.path}", exc))
 
@@ -78,8 +89,28 @@ def _is_https(request: Request) -> bool:
     return request.url.scheme == "https"
 
 
+def _is_json(content_type: str | None) -> bool:
+    return (content_type or "").split(";")[0].strip().lower() == "application/json"
+
+
+def check_state_change(settings: Settings, request: Request) -> None:
+    """A state-changing call: from an allowed Origin (the WebSocket handshake's check),
+    and with a JSON body if it declares a type. A form or a cross-site script cannot pass:
+    browsers send Origin with every cross-origin POST, and forms cannot declare JSON."""
+    if not origin_allowed(settings, request.headers.get("origin"), request.headers.get("host")):
+        log.info("refused %s from origin %r", request.url.path, request.headers.get("origin"))
+        raise HttpRefusal("this origin may not call the API", FORBIDDEN, 403)
+    content_type = request.headers.get("content-type")
+    if content_type is not None and not _is_json(content_type):
+        raise HttpRefusal("the request body must be application/json", UNSUPPORTED_MEDIA_TYPE, 415)
+
+
 def create_app(settings: Settings) -> Starlette:
     state: dict[str, Any] = {}
+    guard = LoginGuard(max_failures=settings.login_max_failures,
+                       address_max_failures=settings.login_address_max_failures,
+                       window=settings.login_failure_window,
+                       concurrency=settings.login_concurrency)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -135,9 +166,7 @@ def create_app(settings: Settings) -> Starlette:
         return await state["health"].endpoint(request)
 
     async def read_json(request: Request, type_: type[Any]) -> Any:
-        body = await request.body()
-        if len(body) > MAX_REST_BODY:
-            raise CamError("request body too large", errors.BAD_REQUEST)
+        body = await request.body()  # bounded by BodyLimitMiddleware (cam.maxRequestBytes)
         try:
             return msgspec.json.decode(body, type=type_)
         except msgspec.MsgspecError as exc:
@@ -150,17 +179,30 @@ def create_app(settings: Settings) -> Starlette:
         return request.cookies.get(protocol.SESSION_COOKIE)
 
     async def login(request: Request) -> Response:
+        check_state_change(settings, request)
         creds = await read_json(request, Credentials)
-        user = await accounts.authenticate(edge().pool, creds.username, creds.password)
+        client = request.client.host if request.client else None
+        guard.check(creds.username, client)
+        async with guard.slot():
+            guard.check(creds.username, client)  # failures may have come in while waiting
+            try:
+                user = await accounts.authenticate(edge().pool, creds.username, creds.password)
+            except CamError as exc:
+                if exc.code == errors.BAD_CREDENTIALS:
+                    guard.failed(creds.username, client)
+                    log.warning("failed login user=%r client=%s", creds.username[:64], client)
+                raise
+        guard.succeeded(creds.username)
         ttl = timedelta(hours=settings.session_ttl_hours)
         token = await accounts.create_session(edge().pool, user.id, ttl)
-        response = JSONResponse({"token": token, "user": user.public()})
+        response = JSONResponse({"token": token, "user": user.public()}, headers=NO_STORE)
         response.set_cookie(protocol.SESSION_COOKIE, token, httponly=True, samesite="lax",
                             secure=_is_https(request), max_age=int(ttl.total_seconds()),
                             path="/")
         return response
 
     async def logout(request: Request) -> Response:
+        check_state_change(settings, request)
         token = request_token(request)
         if not token:
             raise CamError("no session", errors.UNAUTHENTICATED)
@@ -171,20 +213,35 @@ def create_app(settings: Settings) -> Starlette:
             event = {"type": "session_revoked", "token_hash": accounts.token_hash_hex(token)}
             with contextlib.suppress(Exception):
                 await edge().nc.publish(subjects.user_events(user.id), wire.encode(event))
-        response = JSONResponse({"revoked": revoked})
+        response = JSONResponse({"revoked": revoked}, headers=NO_STORE)
         response.delete_cookie(protocol.SESSION_COOKIE, path="/")
         return response
 
     async def cluster_view(request: Request) -> Response:
+        await require_monitor(request)
         view = await bus.call(edge().nc, subjects.HEALTH_CLUSTER, wire.Empty(), timeout=2)
         return JSONResponse(view)
+
+    async def require_monitor(request: Request) -> None:
+        """An admin's session, or the configured monitoring token (cam.monitoringToken)."""
+        token = request_token(request)
+        monitoring = settings.monitoring_token.encode()
+        if token and monitoring and hmac.compare_digest(token.encode("utf-8", "replace"),
+                                                        monitoring):
+            return
+        user = await accounts.resolve_session(edge().pool, token) if token else None
+        if user is None:
+            raise CamError("log in as an administrator or give the monitoring token",
+                           errors.UNAUTHENTICATED)
+        if not user.is_admin:
+            raise HttpRefusal("the cluster view is for administrators", FORBIDDEN, 403)
 
     async def me(request: Request) -> Response:
         token = request_token(request)
         user = await accounts.resolve_session(edge().pool, token) if token else None
         if user is None:
             raise CamError("not logged in", errors.UNAUTHENTICATED)
-        return JSONResponse({"user": user.public()})
+        return JSONResponse({"user": user.public()}, headers=NO_STORE)
 
     async def cluster(request: Request) -> Response:
         return JSONResponse({
@@ -223,7 +280,9 @@ def create_app(settings: Settings) -> Starlette:
         WebSocketRoute("/ws", websocket),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[
-        Middleware(ForwardedMiddleware, trusted_proxies=settings.trusted_proxies)])
+        Middleware(ForwardedMiddleware, trusted_proxies=settings.trusted_proxies),
+        Middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes,
+                   timeout=settings.http_header_timeout)])
     app.state.cam = state
     return app
 

@@ -20,10 +20,11 @@ from camcore import PROTOCOL_VERSION, accounts, errors, protocol, wire
 from camcore.accounts import User
 from camcore.errors import CamError, RequestError
 
+from . import limits
 from .context import Edge
 from .cursors import Cursor, Verdict, repair
 from .hub import message_frame
-from .ops import OPS
+from .ops import OPS, Op
 from .ops.conference import Conferences
 from .outgoing import Outgoing
 from .presence import new_session_id
@@ -34,6 +35,38 @@ NOT_A_MEMBER = "not a member of this room (or no such room)"
 HEADS_PER_REQUEST = 5000
 """Rooms per ``room_heads`` request (about 25 bytes of reply each)."""
 _BAD_FRAME_CODES = frozenset({errors.MALFORMED_FRAME, errors.UNKNOWN_OP, errors.BAD_REQUEST})
+
+
+def parse_frame(text: str) -> dict[str, Any]:
+    """A client frame's JSON as a dict with a string 'op', within the limits of shape."""
+    try:
+        raw = wire.decode(text)
+    except msgspec.DecodeError:
+        raise CamError("frame is not valid JSON", errors.MALFORMED_FRAME) from None
+    except RecursionError:  # the decoder's own bound, far beyond ours
+        raise CamError(f"frame nested deeper than {limits.MAX_FRAME_DEPTH} levels",
+                       errors.MALFORMED_FRAME) from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("op"), str):
+        raise CamError("frame must be a JSON object with a string 'op'", errors.MALFORMED_FRAME)
+    limits.check_frame(raw)
+    return raw
+
+
+def request_id_of(raw: dict[str, Any]) -> wire.RequestId:
+    rid = raw.get("id")
+    return rid if isinstance(rid, str | int) and not isinstance(rid, bool) else None
+
+
+def frame_of(raw: dict[str, Any]) -> tuple[Op, wire.Frame]:
+    """The op a parsed frame asks for and its validated struct."""
+    name = raw["op"][:40]
+    op = OPS.get(raw["op"])
+    if op is None:
+        raise CamError(f"unknown op {name!r}", errors.UNKNOWN_OP)
+    try:
+        return op, msgspec.convert(raw, op.frame)
+    except msgspec.ValidationError as exc:
+        raise RequestError(f"invalid {name} frame: {exc}") from None
 
 
 class Connection:
@@ -124,23 +157,10 @@ class Connection:
         request_id: wire.RequestId = None
         name = "?"
         try:
-            try:
-                raw = wire.decode(text)
-            except msgspec.DecodeError:
-                raise CamError("frame is not valid JSON", errors.MALFORMED_FRAME) from None
-            if not isinstance(raw, dict) or not isinstance(raw.get("op"), str):
-                raise CamError("frame must be a JSON object with a string 'op'",
-                               errors.MALFORMED_FRAME)
-            rid = raw.get("id")
-            request_id = rid if isinstance(rid, str | int) and not isinstance(rid, bool) else None
+            raw = parse_frame(text)
+            request_id = request_id_of(raw)
             name = raw["op"][:40]
-            op = OPS.get(raw["op"])
-            if op is None:
-                raise CamError(f"unknown op {name!r}", errors.UNKNOWN_OP)
-            try:
-                frame = msgspec.convert(raw, op.frame)
-            except msgspec.ValidationError as exc:
-                raise RequestError(f"invalid {name} frame: {exc}") from None
+            op, frame = frame_of(raw)
             if self.user is None and not op.anonymous:
                 raise CamError("authenticate first (op 'auth')", errors.UNAUTHENTICATED)
             result = await op.handler(self, frame)

@@ -24,6 +24,7 @@ from camcore.config import Settings
 from camcore.runtime import load_or_exit, setup_logging
 
 from .app import create_app
+from .limits import MAX_HEADER_BYTES, header_guarded_h11
 
 log = logging.getLogger("cam_edge")
 
@@ -75,6 +76,12 @@ def main() -> None:
         app,
         host=settings.http_host,
         port=settings.http_port,
+        # h11 rather than httptools: its request-head deadline and size bound are ours
+        # (limits.HeaderGuardedH11); WebSocket frames are handled by websockets anyway.
+        http=header_guarded_h11(settings.http_header_timeout,
+                                settings.http_max_pending_connections),
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        timeout_keep_alive=settings.http_keep_alive,
         ws="websockets",
         ws_max_size=settings.max_frame_bytes,
         ws_per_message_deflate=settings.ws_compression,
