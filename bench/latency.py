@@ -38,11 +38,12 @@ TARGET_RATIO = 3.0
 ROOMS, PER_ROOM = 20, 10
 
 
-async def nats_floor(urls: list[str], samples: int) -> dict[str, float]:
+async def nats_floor(urls: list[str], samples: int, **opts: Any) -> dict[str, float]:
     """Request on server 1 -> responder on server 2 replies and publishes -> subscriber on
     server 2 receives it. Sequential, at light load."""
-    requester, responder, subscriber = (await nats.connect(urls[0]), await nats.connect(urls[1]),
-                                        await nats.connect(urls[1]))
+    requester, responder, subscriber = (await nats.connect(urls[0], **opts),
+                                        await nats.connect(urls[1], **opts),
+                                        await nats.connect(urls[1], **opts))
     got: asyncio.Queue[float] = asyncio.Queue()
 
     async def serve(msg: Any) -> None:
@@ -95,8 +96,8 @@ async def bus_share(cluster: BenchCluster, room: int, sender: int, samples: int)
     """A ``send`` straight to the chat replica over the bus (no WebSocket, no edge), timed
     to its reply and to its event on NATS server 2, sequentially."""
     assert cluster.nats is not None
-    req = await nats.connect(cluster.nats.urls[0])
-    sub = await nats.connect(cluster.nats.urls[1])
+    req = await nats.connect(cluster.nats.urls[0], **cluster.nats_options())
+    sub = await nats.connect(cluster.nats.urls[1], **cluster.nats_options())
     got: asyncio.Queue[float] = asyncio.Queue()
 
     async def on_event(msg: Any) -> None:
@@ -179,7 +180,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         rooms = [await cluster.make_room(f"lat{r}", uids[r * PER_ROOM:(r + 1) * PER_ROOM])
                  for r in range(ROOMS)]
         assert cluster.nats is not None
-        floor = await nats_floor(cluster.nats.urls, args.floor_samples)
+        floor = await nats_floor(cluster.nats.urls, args.floor_samples, **cluster.nats_options())
         store = await store_share(cluster, rooms[0], uids[0], args.floor_samples)
         via_bus = await bus_share(cluster, rooms[1], uids[PER_ROOM], args.floor_samples)
         run_ = Run(users, rooms)

@@ -97,7 +97,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                                 fn_rooms[i], uids[i], uuid.uuid4().hex, BODY)
 
         assert cluster.nats is not None
-        nc = await nats.connect(cluster.nats.urls[0])
+        nc = await nats.connect(cluster.nats.urls[0], **cluster.nats_options())
         subject = subjects.chat_rpc("send")
 
         async def via_bus(i: int, n: int) -> None:

@@ -47,7 +47,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         uid = users[0][0]
         rooms = [await cluster.make_room(f"r{i}", [uid]) for i in range(args.rooms)]
         assert cluster.nats is not None
-        nc = await bus.connect(cluster.nats.urls, "bench-placement")
+        nc = await bus.connect(cluster.nats.urls, "bench-placement",
+                               credentials=cluster.credential("operator"))
         # Wait until an allocator answers.
         for _ in range(200):
             try:

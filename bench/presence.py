@@ -27,10 +27,10 @@ def shown(status: str) -> str:
     return "offline" if status == "invisible" else status
 
 
-async def nats_floor(urls: list[str], rate: float, count: int) -> list[float]:
+async def nats_floor(urls: list[str], rate: float, count: int, **opts: Any) -> list[float]:
     """Latency of a raw publish on server 1 received on server 2 (seconds)."""
-    pub = await nats.connect(urls[0])
-    sub = await nats.connect(urls[1])
+    pub = await nats.connect(urls[0], **opts)
+    sub = await nats.connect(urls[1], **opts)
     got: list[float] = []
     done = asyncio.Event()
 
@@ -170,7 +170,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
         await asyncio.wait_for(watch_cleanup(), 60)
         assert cluster.nats is not None
-        floor = await nats_floor(cluster.nats.urls, args.rate, max(200, int(args.rate * 4)))
+        floor = await nats_floor(cluster.nats.urls, args.rate, max(200, int(args.rate * 4)),
+                                 **cluster.nats_options())
         for uid, c in run.clients.items():
             if c is not None and run.node_of[uid] == "camserver2":
                 await c.close()

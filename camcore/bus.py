@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -16,7 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from . import errors, subjects
+from . import errors, permissions, subjects
 from .errors import CamError, Unavailable
 from .loops import Body, every
 from .wire import Reply, encode
@@ -34,10 +35,23 @@ async def connect(
     connect_deadline: float = 30.0,
     disconnected_cb: Callable[[], Awaitable[None]] | None = None,
     reconnected_cb: Callable[[], Awaitable[None]] | None = None,
+    credentials: str | os.PathLike[str] | None = None,
 ) -> NATS:
-    """Connect, retrying until ``connect_deadline``; afterwards reconnect forever."""
+    """Connect, retrying until ``connect_deadline``; afterwards reconnect forever.
+
+    ``credentials`` names this process's credentials file (``cam.natsCredentials``);
+    refused credentials fail at once with a clear error rather than being retried.
+    """
+    auth: dict[str, Any] = {}
+    if credentials:
+        cred = permissions.read_credential(credentials)
+        auth = {"user": cred.user, "password": cred.password, "inbox_prefix": cred.inbox_prefix}
+
+    refused = asyncio.Event()  # the servers refused our credentials before we got in
 
     async def on_error(exc: Exception) -> None:
+        if _refusal(exc) and not nc.is_connected:
+            refused.set()
         log.warning("bus: %s", exc)
 
     async def on_disconnect() -> None:
@@ -55,28 +69,49 @@ async def connect(
             await reconnected_cb()
 
     deadline = time.monotonic() + connect_deadline
+    where = ", ".join(urls)
     while True:
         nc = NATS()
-        try:
-            await nc.connect(
-                servers=list(urls),
-                name=name,
-                connect_timeout=2,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,  # type: ignore[arg-type]  # seconds; the stub says int
-                ping_interval=5,
-                max_outstanding_pings=2,
-                error_cb=on_error,
-                disconnected_cb=on_disconnect,
-                reconnected_cb=on_reconnect,
-            )
+        refused.clear()
+        # nats keeps retrying servers that refuse the credentials: watch for the refusal.
+        attempt = asyncio.ensure_future(nc.connect(
+            servers=list(urls),
+            name=name,
+            connect_timeout=2,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,  # type: ignore[arg-type]  # seconds; the stub says int
+            ping_interval=5,
+            max_outstanding_pings=2,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+            **auth,
+        ))
+        watch = asyncio.ensure_future(refused.wait())
+        await asyncio.wait({attempt, watch}, timeout=max(0.5, deadline - time.monotonic()),
+                           return_when=asyncio.FIRST_COMPLETED)
+        watch.cancel()
+        exc = attempt.exception() if attempt.done() and not attempt.cancelled() else None
+        if attempt.done() and exc is None:
             return nc
-        except Exception as exc:  # noqa: BLE001 - any failure to connect is retried
-            if time.monotonic() > deadline:
-                raise Unavailable(f"cannot connect to the bus at {', '.join(urls)}: {exc}") from exc
-            log.info("bus not reachable yet (%s), retrying", exc)
-            await asyncio.sleep(0.5)
+        if not attempt.done():
+            attempt.cancel()
+            with contextlib.suppress(Exception):
+                await nc.close()
+        if refused.is_set() or (exc is not None and _refusal(exc)):
+            raise permissions.CredentialError(
+                f"the bus at {where} refused the credentials of {name!r}"
+                + (f" ({credentials})" if credentials else " (none given: set cam.natsCredentials)"))
+        if time.monotonic() > deadline:
+            raise Unavailable(f"cannot connect to the bus at {where}: {exc or 'timed out'}")
+        log.info("bus not reachable yet (%s), retrying", exc)
+        await asyncio.sleep(0.5)
+
+
+def _refusal(exc: BaseException) -> bool:
+    return isinstance(exc, nats.errors.AuthorizationError) or (
+        "authorization violation" in str(exc).lower())
 
 
 Handler = Callable[[Any], Awaitable[Any]]

@@ -544,6 +544,16 @@ KEYS: Final[tuple[ConfigKey, ...]] = (
         note="List this node's own bus server first.",
     ),
     ConfigKey(
+        ini="cam.natsCredentials",
+        env="CAM_NATS_CREDENTIALS",
+        field="nats_credentials",
+        default="",
+        description="File holding this process's NATS user and password (JSON, mode 0600).",
+        parse=_text,
+        format=str,
+        note="Each kind of process has its own (camcore/permissions.py); camctl up makes them.",
+    ),
+    ConfigKey(
         ini="cam.databaseUrl",
         env="CAM_DATABASE_URL",
         field="database_url",
@@ -821,6 +831,7 @@ class Settings:
     server_url_domain: str
     node_name: str
     nats_urls: tuple[str, ...]
+    nats_credentials: str
     database_url: str
     http_host: str
     http_port: int

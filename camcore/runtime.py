@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, Settings, load_settings, require_database_url
 
 
 def setup_logging(name: str) -> None:
@@ -22,22 +22,27 @@ def setup_logging(name: str) -> None:
     )
 
 
-def load_or_exit(config: str | None) -> Settings:
-    """Settings from boot.ini and the environment; a bad value ends the process (exit 2)."""
+def load_or_exit(config: str | None, *, needs_database: str = "") -> Settings:
+    """Settings from boot.ini and the environment; a bad value ends the process (exit 2),
+    as does a missing cam.databaseUrl when ``needs_database`` names who needs it."""
     try:
-        return load_settings(config)
+        settings = load_settings(config)
+        if needs_database:
+            require_database_url(settings, needs_database)
+        return settings
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         raise SystemExit(2) from None
 
 
-def service_main(name: str, serve: Callable[[Settings], Coroutine[Any, Any, None]]) -> None:
+def service_main(name: str, serve: Callable[[Settings], Coroutine[Any, Any, None]], *,
+                 needs_database: bool = True) -> None:
     """Standard ``main`` of a bus service: ``--config boot.ini``, then serve until a signal."""
     parser = argparse.ArgumentParser(prog=name)
     parser.add_argument("--config", help="path to boot.ini (default: $CAM_BOOT_INI)")
     args = parser.parse_args()
     setup_logging(name)
-    settings = load_or_exit(args.config)
+    settings = load_or_exit(args.config, needs_database=f"the {name} service" if needs_database else "")
     try:
         import uvloop
     except ImportError:

@@ -19,8 +19,7 @@ import asyncpg
 from nats.aio.client import Client as NATS
 
 from . import bus, db
-from .config import Settings
-from .errors import Unavailable
+from .config import Settings, require_database_url
 from .loops import Body, Loops
 from .runtime import wait_for_stop_signal
 
@@ -74,11 +73,11 @@ async def serve_replica(settings: Settings, kind: str, prefix: str, queue: str,
                         build: Callable[[asyncpg.Pool, NATS], Replica], *,
                         pool_size: int = 10) -> None:
     """Run one replica of a bus service until SIGTERM or SIGINT."""
-    if not settings.database_url:
-        raise Unavailable(f"cam.databaseUrl is not set; the {kind} service needs the database")
+    require_database_url(settings, f"the {kind} service")
     instance = instance_name(settings)
     pool = await db.create_pool(settings.database_url, max_size=pool_size)
-    nc = await bus.connect(settings.nats_urls, f"{kind}:{instance}")
+    nc = await bus.connect(settings.nats_urls, f"{kind}:{instance}",
+                           credentials=settings.nats_credentials or None)
     replica = build(pool, nc)
     await replica.start()
     rpc = bus.RpcServer(nc, prefix, queue, replica.handlers())

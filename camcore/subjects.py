@@ -99,13 +99,33 @@ def video_rpc(op: str) -> str:
 
 
 def conf_events(room_id: int) -> str:
-    """``cam.conf.<room>.ev``: participants joined/left, room moved, signalling relay."""
+    """``cam.conf.<room>.ev``: from the video allocator, participants joined/left, moves."""
     return f"{PREFIX}.conf.{int(room_id)}.ev"
 
 
+def conf_signal(room_id: int) -> str:
+    """``cam.conf.<room>.signal``: from edges, signalling relayed between participants."""
+    return f"{PREFIX}.conf.{int(room_id)}.signal"
+
+
+def conf_all(room_id: int) -> str:
+    """``cam.conf.<room>.*``: what an edge with a participant in the conference subscribes to."""
+    return f"{PREFIX}.conf.{int(room_id)}.*"
+
+
 def user_events(user_id: int) -> str:
-    """``cam.user.<id>.ev``: events for one user's sessions (e.g. added to a room)."""
+    """``cam.user.<id>.ev``: events for one user's sessions from chat (added to a room)."""
     return f"{PREFIX}.user.{int(user_id)}.ev"
+
+
+def user_session(user_id: int) -> str:
+    """``cam.user.<id>.session``: from edges, a session of the user was revoked."""
+    return f"{PREFIX}.user.{int(user_id)}.session"
+
+
+def user_all(user_id: int) -> str:
+    """``cam.user.<id>.*``: what an edge with a session of the user subscribes to."""
+    return f"{PREFIX}.user.{int(user_id)}.*"
 
 
 def heartbeat(kind: str, instance: str) -> str:

@@ -46,6 +46,12 @@ def _state(settings: Settings) -> dict[str, Any]:
         return {}
 
 
+def _operator_credentials(settings: Settings) -> str | None:
+    """The operator's bus credentials: cam.natsCredentials, else the running cluster's."""
+    return (settings.nats_credentials
+            or str(_state(settings).get("nats_operator_credentials") or "") or None)
+
+
 def _database_url(settings: Settings) -> str:
     url = settings.database_url or str(_state(settings).get("database_url", ""))
     if not url:
@@ -237,7 +243,8 @@ def cmd_sub(args: argparse.Namespace) -> int:
         urls = [str(u) for u in state_urls]
 
     async def run() -> None:
-        nc = await bus.connect(urls, "camctl-sub", connect_deadline=5)
+        nc = await bus.connect(urls, "camctl-sub", connect_deadline=5,
+                               credentials=_operator_credentials(settings))
         count = 0
         done = asyncio.Event()
 
@@ -264,7 +271,11 @@ def cmd_sub(args: argparse.Namespace) -> int:
         await done.wait()
         await nc.close()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except CamError as exc:
+        print(f"camctl sub: {exc.message}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -276,7 +287,8 @@ def cmd_video(args: argparse.Namespace) -> int:
         else list(settings.nats_urls)
 
     async def run() -> object:
-        nc = await bus.connect(urls, "camctl-video", connect_deadline=5)
+        nc = await bus.connect(urls, "camctl-video", connect_deadline=5,
+                               credentials=_operator_credentials(settings))
         try:
             if args.action == "explain":
                 if not args.target or not args.target.isdigit():

@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from camcore import bus, subjects, wire
+from camcore import bus, permissions, subjects, wire
 from camcore.errors import CamError
 
 from . import lb, rig
-from .supervisor import HostSupervisor, Program, SupervisedProc
+from .supervisor import HostSupervisor, Program, SupervisedProc, wait_running
 
 HOST_NETWORK = "127.0.1."
 """camserverN listens on 127.0.1.N: every host its own address, as real servers have."""
@@ -62,7 +62,8 @@ class LocalCluster:
                  autorestart: bool = True, fixed_ports: bool = False,
                  database_url: str = "", data_path: Path | None = None,
                  env: Mapping[str, str] | None = None, logdir: Path | None = None,
-                 own_addresses: bool = True, start_retries: int = 5) -> None:
+                 own_addresses: bool = True, start_retries: int = 5,
+                 bus_auth: bool = True) -> None:
         self.root = root.resolve()
         # own_addresses=False puts every host on 127.0.0.1 (ports still per process).
         self.hosts = [Host.numbered(i, own_addresses) for i in range(hosts)]
@@ -72,6 +73,8 @@ class LocalCluster:
         self.data_path = data_path or self.root / "data"
         self.supervised, self.autorestart, self.fixed_ports = supervised, autorestart, fixed_ports
         self.start_retries = start_retries
+        self.bus_auth = bus_auth
+        self.credentials: dict[str, permissions.Credential] = {}
         self.database_url = database_url
         self.extra_env: dict[str, str] = dict(env or {})
         self.procs: dict[str, rig.Handle] = {}
@@ -147,6 +150,22 @@ class LocalCluster:
         i = host.index % len(urls)
         return urls[i:] + urls[:i]
 
+    @property
+    def creds_dir(self) -> Path:
+        return self.rundir / "creds"
+
+    def credential(self, kind: str) -> str:
+        """The credentials file of ``kind`` (e.g. ``operator`` for camctl and probes), or
+        "" when the bus runs without authentication."""
+        return str(self.creds_dir / f"{kind}.json") if self.bus_auth else ""
+
+    def nats_options(self, kind: str = "operator") -> dict[str, Any]:
+        """Keyword arguments for ``nats.connect`` with the credential of ``kind``."""
+        if not self.bus_auth:
+            return {}
+        cred = self.credentials[kind]
+        return {"user": cred.user, "password": cred.password, "inbox_prefix": cred.inbox_prefix}
+
     def env(self, host: Host, **extra: str) -> dict[str, str]:
         return {
             **self.extra_env,  # e.g. boot.ini's settings; what the cluster decides wins
@@ -159,15 +178,34 @@ class LocalCluster:
 
     # -------------------------------------------------------------- parts
 
-    def start_nats(self, servers: int | None = None) -> rig.NatsCluster:
-        """One NATS server per host (or on the first ``servers`` hosts), joined by routes."""
+    def start_nats(self, servers: int | None = None, *, tries: int = 3) -> rig.NatsCluster:
+        """One NATS server per host (or on the first ``servers`` hosts), joined by routes.
+
+        A free port can be taken by another process between choosing it and binding it;
+        then the servers are stopped and started again on other ports."""
+        for attempt in range(tries):
+            try:
+                return self._start_nats(servers)
+            except rig.RigError as exc:
+                assert self.nats is not None
+                self.nats.stop()
+                for name in self.nats.names:
+                    self.procs.pop(name, None)
+                if "address already in use" not in str(exc) or attempt == tries - 1:
+                    raise
+        raise AssertionError("not reached")
+
+    def _start_nats(self, servers: int | None) -> rig.NatsCluster:
         hosts = [self.host(i) for i in range(servers or len(self.hosts))]
+        if self.bus_auth:
+            self.credentials = permissions.ensure_credentials(self.creds_dir)
         self.nats = rig.NatsCluster(
             self.logdir, len(hosts), addresses=[h.address for h in hosts],
             client_ports=[self.port(h, "nats") for h in hosts],
             route_ports=[self.port(h, "route") for h in hosts],
             names=[self._name(h, "nats") for h in hosts],
-            spawn=[self.spawner(h) for h in hosts])
+            spawn=[self.spawner(h) for h in hosts],
+            credentials=self.credentials if self.bus_auth else None)
         for i, (h, proc) in enumerate(zip(hosts, self.nats.procs, strict=True)):
             self._track(self.nats.names[i], h, proc, {"client": self.nats.client_ports[i],
                                              "route": self.nats.route_ports[i]},
@@ -184,13 +222,12 @@ class LocalCluster:
         """The embedded PostgreSQL on host 1; returns the URL of ``database``."""
         h = self.hosts[0]
         self.pg = rig.Postgres(datadir, self.port(h, "postgres", port), address=h.address,
-                               log_path=self.logdir / "postgres.log", spawn=self.spawner(h)).start()
+                               log_path=self.logdir / "postgres.log", spawn=self.spawner(h),
+                               secrets_dir=self.creds_dir).start()
         assert self.pg.proc is not None
         self._track(self._name(h, "postgres"), h, self.pg.proc, {"postgres": self.pg.port},
                     self.pg._ready)
-        if not self.pg.database_exists(database):
-            self.pg.create_database(database)
-        self.database_url = self.pg.dsn(database)
+        self.database_url = self.pg.create_app_database(database)
         return self.database_url
 
     def start_janus(self, host: Host, name: str, admin_key: str) -> rig.Janus:
@@ -213,6 +250,7 @@ class LocalCluster:
 
     def start_service(self, kind: str, name: str, host: Host | int = 0, **extra: str) -> rig.Handle:
         h = host if isinstance(host, Host) else self.host(host)
+        extra.setdefault("CAM_NATS_CREDENTIALS", self.credential(kind))
         proc = rig.service(kind, name, self.env(h, **extra), self.logdir, spawn=self.spawner(h))
         self._track(name, h, proc.start(), {})
         return proc
@@ -221,6 +259,7 @@ class LocalCluster:
         h = host if isinstance(host, Host) else self.host(host)
         port = self.edge_ports.get(name) or self.port(h, "edge", port)
         self.edge_ports[name] = port
+        extra.setdefault("CAM_NATS_CREDENTIALS", self.credential("edge"))
         env = self.env(h, CAM_NODE_NAME=name.split("/")[0], CAM_HTTP_PORT=str(port),
                        CAM_HTTP_HOST=h.address, **extra)
         proc = rig.service("edge", name, env, self.logdir, spawn=self.spawner(h))
@@ -274,7 +313,8 @@ class LocalCluster:
 
         async def probe() -> None:
             for url in urls:
-                nc = await bus.connect([url], "readiness", connect_deadline=timeout)
+                nc = await bus.connect([url], "readiness", connect_deadline=timeout,
+                                       credentials=self.credential("operator") or None)
                 try:
                     for subject, request in wanted:
                         deadline = time.monotonic() + timeout
@@ -324,6 +364,8 @@ class LocalCluster:
         for n in names:
             self.procs[n].start()
             self.wait_ready(n, timeout=timeout)
+        if self.supervised:
+            self.wait_supervised(h.name)
         self.down.discard(h.name)
 
     # -------------------------------------------------------------- the whole cluster
@@ -372,6 +414,15 @@ class LocalCluster:
         self.wait_services()
         if lb_kind:
             self.start_lb(lb_kind, lb_port, self.data_path / "lb")
+        self.wait_supervised()
+
+    def wait_supervised(self, *hosts: str, timeout: float = 30.0) -> None:
+        """Until the supervisors count every started program as RUNNING (it has stayed up
+        through its start window), so status shows what readiness already proved."""
+        for name in hosts or tuple(self.supervisors):
+            sup = self.supervisors[name]
+            for program in sup.programs:
+                wait_running(sup, program, timeout)
 
     def migrate(self, announce: Callable[[str], None] = lambda line: None) -> None:
         from camcore import db
@@ -402,6 +453,7 @@ class LocalCluster:
         return {
             "run_id": self.run_id, "camctl_pid": os.getpid(), "logs": str(self.logdir),
             "database_url": self.database_url, "nats_urls": self.nats_urls() if self.nats else [],
+            "nats_operator_credentials": self.credential("operator"),
             "hosts": hosts,
             "edges": {n.split("/")[0]: self.http(n) for n in self.edge_ports},
             "load_balancer": self.balancer.url if self.balancer else None,

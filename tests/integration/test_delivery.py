@@ -101,7 +101,7 @@ async def test_sends_fail_loudly_while_the_database_is_down_and_retry_stores_onc
 
     pg = rig.Postgres(tmp_path / "own-pg").start()
     try:
-        dsn = pg.create_database("cam")
+        dsn = pg.create_app_database("cam")
         await db.migrate(dsn)
         own = await db.create_pool(dsn, max_size=2)
         await accounts.create_user(own, "alice", "alice-password")

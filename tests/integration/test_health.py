@@ -46,7 +46,7 @@ async def test_health_turns_non_200_when_the_database_is_down(
 ):
     pg = rig.Postgres(tmp_path / "own-pg").start()
     try:
-        dsn = pg.create_database("cam")
+        dsn = pg.create_app_database("cam")
         await db.migrate(dsn)
         cluster: Cluster = cluster_factory(1)
         cluster.database = cluster.database_url = dsn  # this test's own PostgreSQL

@@ -54,7 +54,8 @@ HEALTH_OK = (200, b'{"status":200}')
 def docker_compose(*args: str, file: Path = COMPOSE_FILE, env: dict[str, str] | None = None,
                    tmp: Path) -> subprocess.CompletedProcess[str]:
     binary = Path(compose.__file__).parent / "docker-compose"
-    clean = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp), **(env or {})}
+    clean = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp),
+             "POSTGRES_PASSWORD": "compose-test-password", **(env or {})}
     return subprocess.run([str(binary), "-f", str(file), "--project-directory", str(ROOT), *args],
                           capture_output=True, text=True, env=clean, timeout=60)
 
@@ -487,3 +488,12 @@ def test_the_janus_service_configuration_runs_a_janus_the_allocator_can_use(
             proc.kill()
             proc.wait(10)
         log.close()
+
+
+def test_compose_refuses_to_start_without_a_database_password(tmp_path: Path) -> None:
+    binary = Path(compose.__file__).parent / "docker-compose"
+    r = subprocess.run([str(binary), "-f", str(COMPOSE_FILE), "--project-directory", str(ROOT),
+                        "config"], capture_output=True, text=True, timeout=60,
+                       env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)})
+    assert r.returncode != 0
+    assert "set POSTGRES_PASSWORD" in r.stderr, r.stderr

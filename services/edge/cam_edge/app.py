@@ -125,7 +125,8 @@ def create_app(settings: Settings) -> Starlette:
 
         try:
             nc = await bus.connect(settings.nats_urls, f"edge:{settings.node_name}",
-                                   reconnected_cb=on_reconnect)
+                                   reconnected_cb=on_reconnect,
+                                   credentials=settings.nats_credentials or None)
         except BaseException:
             await pool.close()
             raise
@@ -212,7 +213,7 @@ def create_app(settings: Settings) -> Starlette:
             # Close this session's live sockets on every node.
             event = {"type": "session_revoked", "token_hash": accounts.token_hash_hex(token)}
             with contextlib.suppress(Exception):
-                await edge().nc.publish(subjects.user_events(user.id), wire.encode(event))
+                await edge().nc.publish(subjects.user_session(user.id), wire.encode(event))
         response = JSONResponse({"revoked": revoked}, headers=NO_STORE)
         response.delete_cookie(protocol.SESSION_COOKIE, path="/")
         return response

@@ -108,7 +108,7 @@ class Hub:
         await self._remove(self._rooms, room, listener)
 
     async def join_conference(self, room: int, listener: Listener) -> None:
-        await self._add(self._confs, room, listener, subjects.conf_events(room), self._on_conf)
+        await self._add(self._confs, room, listener, subjects.conf_all(room), self._on_conf)
 
     async def leave_conference(self, room: int, listener: Listener) -> None:
         await self._remove(self._confs, room, listener)
@@ -116,9 +116,12 @@ class Hub:
     async def _on_conf(self, msg: Msg) -> None:
         try:
             event = wire.decode(msg.data)
-            room = int(event["room"])
-        except (msgspec.MsgspecError, ValueError, KeyError, TypeError):
+            room = int(msg.subject.split(".")[2])
+        except (msgspec.MsgspecError, ValueError, IndexError):
             return
+        if not isinstance(event, dict) or not _from_its_publisher(msg.subject, event):
+            return
+        event["room"] = room  # the subject's room: the only one its publisher may send to
         interest = self._confs.get(room)
         if interest is None:
             return
@@ -126,7 +129,7 @@ class Hub:
             listener.on_conf_event(room, event)
 
     async def add_user(self, user: int, listener: Listener) -> None:
-        await self._add(self._users, user, listener, subjects.user_events(user), self._on_user)
+        await self._add(self._users, user, listener, subjects.user_all(user), self._on_user)
 
     async def remove_user(self, user: int, listener: Listener) -> None:
         await self._remove(self._users, user, listener)
@@ -170,7 +173,26 @@ class Hub:
             log.warning("dropping undecodable event on %s", msg.subject)
             return
         interest = self._users.get(user)
-        if interest is None or not isinstance(event, dict):
+        if interest is None or not isinstance(event, dict) or not _from_its_publisher(
+                msg.subject, event):
             return
         for listener in list(interest.listeners):
             listener.on_user_event(event)
+
+
+# Subjects whose last token names who may publish them (camcore/permissions.py): an
+# event type arriving on another kind's subject is a forgery by a process that may
+# publish only the other one, and is dropped.
+_EDGE_TYPES: dict[str, frozenset[str]] = {
+    "signal": frozenset({"signal"}),            # cam.conf.<room>.signal, from edges
+    "session": frozenset({"session_revoked"}),  # cam.user.<id>.session, from edges
+}
+
+
+def _from_its_publisher(subject: str, event: dict[str, object]) -> bool:
+    suffix = subject.rsplit(".", 1)[-1]
+    kind = event.get("type")
+    if suffix in _EDGE_TYPES:
+        return kind in _EDGE_TYPES[suffix]
+    # .ev: chat's and the video allocator's events, never what edges publish
+    return suffix == "ev" and not any(kind in types for types in _EDGE_TYPES.values())

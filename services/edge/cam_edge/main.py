@@ -68,9 +68,7 @@ def main() -> None:
     parser.add_argument("--config", help="path to boot.ini (default: $CAM_BOOT_INI)")
     args = parser.parse_args()
     setup_logging("cam-edge")
-    settings = load_or_exit(args.config)
-    if not settings.database_url:
-        raise SystemExit("config error: cam.databaseUrl='': expected a postgres:// URL")
+    settings = load_or_exit(args.config, needs_database="the edge")
     app = create_app(settings)
     config = uvicorn.Config(
         app,

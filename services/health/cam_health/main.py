@@ -61,7 +61,8 @@ class ClusterView:
 
 
 async def serve(settings: Settings) -> None:
-    nc = await bus.connect(settings.nats_urls, f"health:{settings.node_name}")
+    nc = await bus.connect(settings.nats_urls, f"health:{settings.node_name}",
+                           credentials=settings.nats_credentials or None)
     view = ClusterView(settings)
     await nc.subscribe(subjects.HEARTBEAT_ALL, cb=view.on_heartbeat)
     await nc.subscribe(subjects.HEALTH_CLUSTER, queue=subjects.HEALTH_QUEUE, cb=view.on_request)
@@ -79,7 +80,7 @@ async def serve(settings: Settings) -> None:
 
 
 def main() -> None:
-    service_main("cam-health", serve)
+    service_main("cam-health", serve, needs_database=False)
 
 
 if __name__ == "__main__":

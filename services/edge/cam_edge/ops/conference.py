@@ -169,5 +169,5 @@ async def conf_signal(conn: Connection, frame: wire.ConfSignalFrame) -> dict[str
         raise CamError("join the conference first", errors.NOT_IN_CONFERENCE)
     event = {"room": frame.room, "type": "signal", "from": conn.uid,
              "from_session": conn.session_id, "to": frame.to, "data": frame.data}
-    await conn.edge.nc.publish(subjects.conf_events(frame.room), wire.encode(event))
+    await conn.edge.nc.publish(subjects.conf_signal(frame.room), wire.encode(event))
     return {"room": frame.room, "to": frame.to}
