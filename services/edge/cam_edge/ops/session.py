@@ -42,12 +42,17 @@ async def auth(conn: Connection, frame: wire.Auth) -> dict[str, Any]:
     # between is missed; until the listing succeeds the connection stays anonymous.
     await conn.edge.hub.add_user(user.id, conn)
     try:
-        listing = await conn.edge.chat("list_rooms", wire.ListRooms(user_id=user.id))
+        # Every page, though the reply carries only the first: all rooms are delivered.
+        first = await conn.edge.chat("list_rooms", wire.ListRooms(user_id=user.id))
+        rooms, page = list(first["rooms"]), first
+        while page["next"] is not None:
+            page = await conn.edge.chat(
+                "list_rooms", wire.ListRooms(user_id=user.id, after=page["next"]))
+            rooms += page["rooms"]
     except BaseException:
         await conn.edge.hub.remove_user(user.id, conn)
         raise
     conn.authenticated(user, token)
-    rooms = listing["rooms"]
     resume = frame.resume or {}
     resync = []
     for room in rooms:
@@ -58,5 +63,5 @@ async def auth(conn: Connection, frame: wire.Auth) -> dict[str, Any]:
             since = head
         await conn.track(room["id"], since, recheck=False)
     await conn.recheck(list(conn.cursors))
-    return {"user": user.public(), "rooms": rooms, "node": conn.edge.settings.node_name,
-            "resync": resync}
+    return {"user": user.public(), "rooms": first["rooms"], "next": first["next"],
+            "node": conn.edge.settings.node_name, "resync": resync}
