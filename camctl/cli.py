@@ -97,6 +97,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("hosts: " + ", ".join(f"{h.name} {h.address}" for h in c.hosts))
         domains = _video_domains(args, settings, names)
         edge_env: dict[str, str] = {}
+        if not settings.monitoring_token:
+            edge_env["CAM_MONITORING_TOKEN"] = _monitoring_token(root)
         plan = None if args.no_lb else lb.LocalPlan(args.lb, args.lb_port, root / "lb")
         if plan:
             edge_env.update(plan.edge_env(settings.trusted_proxies, settings.server_url_domain))
@@ -137,6 +139,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     finally:
         c.stop()
         (root / "run" / cluster.STATE_FILE).unlink(missing_ok=True)
+
+
+def _monitoring_token(root: Path) -> str:
+    """The token that reads /api/cluster/view (cam.monitoringToken), made on first start."""
+    path = root / "run" / "creds" / "monitoring-token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.write_text(secrets.token_urlsafe(24) + "\n", encoding="utf-8")
+        path.chmod(0o600)
+    return path.read_text(encoding="utf-8").strip()
 
 
 def _video_domains(args: argparse.Namespace, settings: Settings,

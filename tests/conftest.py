@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -43,12 +44,17 @@ async def pool(database: str) -> AsyncIterator[asyncpg.Pool]:
     await p.close()
 
 
+MONITORING_TOKEN = secrets.token_urlsafe(24)
+"""What the tests show the edges to read the cluster view (cam.monitoringToken)."""
+MONITORING = {"Authorization": f"Bearer {MONITORING_TOKEN}"}
+
 TEST_ENV = {
     "CAM_HEARTBEAT_INTERVAL": HEARTBEAT,
     "CAM_NODE_TIMEOUT": "2",
     "CAM_DRAIN_SECONDS": "0.3",
     "CAM_REPAIR_INTERVAL": "0.5",
     "CAM_LOG_LEVEL": "INFO",
+    "CAM_MONITORING_TOKEN": MONITORING_TOKEN,
 }
 """Short timers so that faults show within a test's patience."""
 

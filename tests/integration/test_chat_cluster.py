@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from camclient import Client, ClientError, login
-from tests.conftest import Cluster
+from tests.conftest import MONITORING, Cluster
 
 T = TypeVar("T")
 
@@ -121,7 +121,9 @@ async def test_concurrent_sends_through_two_chat_replicas_get_gap_free_sequence(
 
     # Requests each chat replica has served, from its heartbeats in the cluster view.
     def served() -> dict[str, float]:
-        with urllib.request.urlopen(cluster.http("camserver1") + "/api/cluster/view") as r:
+        request = urllib.request.Request(cluster.http("camserver1") + "/api/cluster/view",
+                                         headers=MONITORING)
+        with urllib.request.urlopen(request) as r:
             view = json.loads(r.read())
         return {p["instance"]: p["load"]["served"] for p in view["processes"]
                 if p["kind"] == "chat" and p["alive"]}
@@ -225,7 +227,8 @@ async def test_edge_subscribes_only_to_rooms_with_a_local_member(
 
     async def rooms() -> dict[str, float]:
         async with httpx.AsyncClient() as http:
-            view = (await http.get(cluster.http("camserver1") + "/api/cluster/view")).json()
+            view = (await http.get(cluster.http("camserver1") + "/api/cluster/view",
+                                   headers=MONITORING)).json()
         return {p["node"]: p["load"]["rooms"] for p in view["processes"]
                 if p["kind"] == "edge" and p["alive"]}
 
