@@ -546,18 +546,11 @@ class Watcher:
                        f"{self.CRASH_WINDOW:.0f} s; see 'camctl logs {label}'")
         if state == "FATAL":
             yield (f"{label}: FATAL, gave up after repeated start failures; last log lines:\n"
-                   + _tail(Path(info.get("stdout_logfile", "")), 15))
+                   + rig.tail(Path(info.get("stdout_logfile", "")), 15))
 
 
 def _display(key: str) -> str:
     host, program = key.split("/", 1)
     prefix = f"{host}-"
     return f"{host}/{program[len(prefix):]}" if program.startswith(prefix) else key
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 

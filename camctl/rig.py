@@ -65,6 +65,14 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, step: float =
         time.sleep(step)
 
 
+def tail(path: Path, lines: int = 30) -> str:
+    """The last ``lines`` lines of a log file ("" when there is none)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - loopback only
@@ -172,10 +180,7 @@ class Proc:
             self.kill()
 
     def tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return tail(self.log_path, lines)
 
     def check_alive(self) -> None:
         if not self.alive():

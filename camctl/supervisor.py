@@ -30,7 +30,7 @@ from typing import Any
 import psutil
 from supervisor.xmlrpc import SupervisorTransport
 
-from .rig import Proc, RigError, wait_for
+from .rig import Proc, RigError, tail, wait_for
 
 # States of supervisord's process state machine (supervisor/states.py).
 RUNNING_STATES = ("STARTING", "RUNNING", "BACKOFF", "STOPPING")
@@ -303,10 +303,7 @@ class SupervisedProc:
             self.supervisor.stop_program(self.name)
 
     def tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return tail(self.log_path, lines)
 
     def check_alive(self) -> None:
         if not self.alive():

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
-import time
 import urllib.request
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, overload
+from collections.abc import Awaitable
+from typing import Any
 
 import asyncpg
 import httpx
@@ -16,29 +14,7 @@ import pytest
 
 from camclient import Client, ClientError, login
 from tests.conftest import MONITORING, Cluster
-
-T = TypeVar("T")
-
-
-@overload
-async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float, what: str,
-                     step: float = ...) -> T: ...
-@overload
-async def eventually(check: Callable[[], T | None], timeout: float, what: str,
-                     step: float = ...) -> T: ...
-async def eventually(check: Callable[[], object], timeout: float, what: str,
-                     step: float = 0.05) -> object:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}: {result!r}")
-        await asyncio.sleep(step)
+from tests.waiting import T, eventually
 
 
 async def test_message_sent_on_node1_reaches_member_on_node2(two_nodes: Cluster, make_user: Any):

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import Any
 
 import asyncpg
 import pytest
@@ -19,30 +17,11 @@ from camcore import bus, subjects, wire
 from camcore.errors import CamError
 from camctl import rig
 from tests.conftest import Cluster
+from tests.waiting import eventually
 
 ADMIN_KEY = "video-admin-key"
-T = TypeVar("T")
 
 
-@overload
-async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float, what: str,
-                     step: float = ...) -> T: ...
-@overload
-async def eventually(check: Callable[[], T | None], timeout: float, what: str,
-                     step: float = ...) -> T: ...
-async def eventually(check: Callable[[], object], timeout: float, what: str,
-                     step: float = 0.1) -> object:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}: {result!r}")
-        await asyncio.sleep(step)
 
 
 @pytest.fixture

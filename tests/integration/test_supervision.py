@@ -7,7 +7,6 @@ reordered. A whole host can die at once and come back."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,21 +20,11 @@ from camclient import Client, login
 from camctl.cluster import LocalCluster, Watcher
 from tests.conftest import Cluster
 from tests.integration.test_faults import Rig
+from tests.waiting import eventually
 
 ADMIN_KEY = "supervised-video-key"
 
 
-async def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 def build(tmp_path: Path, database: str) -> Cluster:
@@ -73,7 +62,7 @@ async def supervised(tmp_path: Path, database: str, pool: asyncpg.Pool,
 async def restarted(c: LocalCluster, name: str, old_pid: int, timeout: float = 30.0) -> int:
     """Until the supervisor has started ``name`` again and it answers; its new pid."""
     proc = c.procs[name]
-    await until(lambda: proc.alive() and proc.pid != old_pid, timeout, f"{name} restarted")
+    await eventually(lambda: proc.alive() and proc.pid != old_pid, timeout, f"{name} restarted")
     await asyncio.to_thread(c.wait_ready, name)
     return proc.pid
 
@@ -81,7 +70,7 @@ async def restarted(c: LocalCluster, name: str, old_pid: int, timeout: float = 3
 async def kill_under_load(r: Rig, name: str, *, after: float = 4.0) -> dict[str, Any]:
     c: LocalCluster = r.cluster
     r.start_load()
-    await until(lambda: sum(len(m.acked) for m in r.members) >= 20, 30, "traffic before the kill")
+    await eventually(lambda: sum(len(m.acked) for m in r.members) >= 20, 30, "traffic before the kill")
     in_flight = sum(m.sent for m in r.members) - sum(len(m.acked) for m in r.members)
     old = c.procs[name].pid
     c.procs[name].kill()
@@ -133,7 +122,7 @@ async def test_a_killed_janus_is_restarted_and_takes_conferences_again(
     c = supervised.cluster
     await kill_under_load(supervised, "camserver1/janus", after=2.0)
     assert c.sfus["camserver1"].ready()
-    await until(lambda: pool.fetchval(
+    await eventually(lambda: pool.fetchval(
         "SELECT healthy FROM video_servers WHERE name = 'camserver1'"), 30,
         "the allocator to see camserver1's Janus healthy again")
     # Fill-first: a new conference goes to camserver1 again, and the room exists there.
@@ -160,15 +149,15 @@ async def test_a_whole_host_dies_at_once_and_comes_back(
         rows = await pool.fetch("SELECT shown FROM user_status WHERE user_id = ANY($1::bigint[])", ids)
         return [r["shown"] for r in rows]
 
-    await until(lambda: _all(shown, "online"), 10, "stranded users online")
+    await eventually(lambda: _all(shown, "online"), 10, "stranded users online")
     supervised.start_load()
-    await until(lambda: sum(len(m.acked) for m in supervised.members) >= 20, 30, "traffic")
+    await eventually(lambda: sum(len(m.acked) for m in supervised.members) >= 20, 30, "traffic")
     pids = c.on_host("camserver2")
     killed = c.kill_host("camserver2")
     assert len(killed) >= len(pids)  # the supervisor and every process under it
     assert not any(c.procs[n].alive() for n in pids)
     t0 = time.monotonic()
-    await until(lambda: _all(shown, "offline"), 15, "camserver2's users offline")
+    await eventually(lambda: _all(shown, "offline"), 15, "camserver2's users offline")
     offline_after = time.monotonic() - t0
     await asyncio.sleep(3.0)
     # Not brought back by itself during the drill.
@@ -185,7 +174,7 @@ async def test_a_whole_host_dies_at_once_and_comes_back(
         await client.close()
     again = await Client.connect(c.ws("camserver2"), await login(c.http("camserver2"), *stranded[0]))
     try:
-        await until(lambda: _first(shown, "online"), 10, "a user online on camserver2 again")
+        await eventually(lambda: _first(shown, "online"), 10, "a user online on camserver2 again")
     finally:
         await again.close()
 
