@@ -116,7 +116,7 @@ def _refusal(exc: BaseException) -> bool:
 
 Handler = Callable[[Any], Awaitable[Any]]
 
-TOO_LARGE: Final = "too_large"
+TOO_LARGE: Final = errors.TOO_LARGE
 """The reply code of an answer larger than the bus payload limit.
 
 Belongs in ``camcore.errors.CODES`` (HTTP 413); kept here until it is registered there."""

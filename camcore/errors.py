@@ -40,7 +40,14 @@ CONFLICT: Final = "conflict"
 VIDEO_FULL: Final = "video_full"
 NOT_IN_CONFERENCE: Final = "not_in_conference"
 UNAVAILABLE: Final = "unavailable"
+TOO_LARGE: Final = "too_large"
 INTERNAL: Final = "internal"
+# REST only: refusals of the edge's HTTP surface (services/edge/cam_edge/limits.py).
+FORBIDDEN: Final = "forbidden"
+REQUEST_TIMEOUT: Final = "request_timeout"
+REQUEST_TOO_LARGE: Final = "request_too_large"
+UNSUPPORTED_MEDIA_TYPE: Final = "unsupported_media_type"
+RATE_LIMITED: Final = "rate_limited"
 
 
 class Code(NamedTuple):
@@ -73,7 +80,15 @@ CODES: Final[dict[str, Code]] = {
     UNAVAILABLE: Code(503, "a backend (bus or database) is unreachable or did not answer in "
                            "time; a send may or may not have been stored: retry it with the "
                            "same cid (it is stored once)"),
+    TOO_LARGE: Code(413, "the answer would exceed the bus payload limit (1 MiB); paged answers "
+                         "never should"),
     INTERNAL: Code(500, "an unexpected server error; nothing was stored"),
+    FORBIDDEN: Code(403, "the Origin may not call the API, or the cluster view without admin "
+                         "rights"),
+    REQUEST_TIMEOUT: Code(408, "the request body did not arrive in time"),
+    REQUEST_TOO_LARGE: Code(413, "the request body is over cam.maxRequestBytes"),
+    UNSUPPORTED_MEDIA_TYPE: Code(415, "the request body is not application/json"),
+    RATE_LIMITED: Code(429, "login lockout or flood; retry after Retry-After seconds"),
 }
 
 #: Every code with the meaning documented in docs/protocol.md.

@@ -34,7 +34,7 @@ from .context import Edge
 from .forwarded import ForwardedMiddleware
 from .health import HealthProbe
 from .hub import Hub
-from .limits import FORBIDDEN, UNSUPPORTED_MEDIA_TYPE, BodyLimitMiddleware, HttpRefusal, LoginGuard
+from .limits import BodyLimitMiddleware, HttpRefusal, LoginGuard
 from .presence import PresenceAgent, PresenceWatch
 
 log = logging.getLogger(__name__)
@@ -99,10 +99,11 @@ def check_state_change(settings: Settings, request: Request) -> None:
     browsers send Origin with every cross-origin POST, and forms cannot declare JSON."""
     if not origin_allowed(settings, request.headers.get("origin"), request.headers.get("host")):
         log.info("refused %s from origin %r", request.url.path, request.headers.get("origin"))
-        raise HttpRefusal("this origin may not call the API", FORBIDDEN, 403)
+        raise HttpRefusal("this origin may not call the API", errors.FORBIDDEN)
     content_type = request.headers.get("content-type")
     if content_type is not None and not _is_json(content_type):
-        raise HttpRefusal("the request body must be application/json", UNSUPPORTED_MEDIA_TYPE, 415)
+        raise HttpRefusal("the request body must be application/json",
+                          errors.UNSUPPORTED_MEDIA_TYPE)
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -235,7 +236,7 @@ def create_app(settings: Settings) -> Starlette:
             raise CamError("log in as an administrator or give the monitoring token",
                            errors.UNAUTHENTICATED)
         if not user.is_admin:
-            raise HttpRefusal("the cluster view is for administrators", FORBIDDEN, 403)
+            raise HttpRefusal("the cluster view is for administrators", errors.FORBIDDEN)
 
     async def me(request: Request) -> Response:
         token = request_token(request)

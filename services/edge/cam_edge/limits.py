@@ -9,7 +9,8 @@
   and a bound on connections still waiting for theirs (uvicorn has neither).
 - ``check_frame``: nesting depth and NUL characters of a decoded WebSocket frame.
 
-REST refusals carry their own HTTP status (``HttpRefusal``): they exist only over HTTP.
+REST refusals (``HttpRefusal``) use the codes of the one error table, camcore/errors.py,
+and its HTTP statuses.
 """
 
 from __future__ import annotations
@@ -32,12 +33,6 @@ from camcore.errors import CamError
 
 Scope = dict[str, Any]
 
-RATE_LIMITED: Final = "rate_limited"
-REQUEST_TOO_LARGE: Final = "request_too_large"
-REQUEST_TIMEOUT: Final = "request_timeout"
-UNSUPPORTED_MEDIA_TYPE: Final = "unsupported_media_type"
-FORBIDDEN: Final = "forbidden"
-
 MAX_FRAME_DEPTH: Final = 32
 """Deepest nesting of arrays and objects in a client frame (the frame itself is 1)."""
 MAX_HEADER_BYTES: Final = 16 * 1024
@@ -51,10 +46,10 @@ WAITING_PER_SLOT: Final = 8
 class HttpRefusal(CamError):
     """A REST request refused before it is served, with its own HTTP status."""
 
-    def __init__(self, message: str, code: str, status: int, *,
-                 retry_after: float | None = None, close: bool = False) -> None:
+    def __init__(self, message: str, code: str, *, retry_after: float | None = None,
+                 close: bool = False) -> None:
         super().__init__(message, code)
-        self.status = status
+        self.status = errors.CODES[code].http_status
         self.retry_after = retry_after
         self.close = close
 
@@ -72,7 +67,7 @@ class HttpRefusal(CamError):
 
 def rate_limited(retry_after: float) -> HttpRefusal:
     return HttpRefusal(f"too many login attempts; retry in {max(1, math.ceil(retry_after))} s",
-                       RATE_LIMITED, 429, retry_after=retry_after)
+                       errors.RATE_LIMITED, retry_after=retry_after)
 
 
 # ---------------------------------------------------------------- logins
@@ -164,7 +159,7 @@ class BodyLimitMiddleware:
         self.timeout = timeout
 
     def too_large(self) -> HttpRefusal:
-        return HttpRefusal(f"request body over {self.max_bytes} bytes", REQUEST_TOO_LARGE, 413,
+        return HttpRefusal(f"request body over {self.max_bytes} bytes", errors.REQUEST_TOO_LARGE,
                            close=True)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -189,7 +184,7 @@ class BodyLimitMiddleware:
                 message = await asyncio.wait_for(receive(), max(remaining, 0.0))
             except TimeoutError:
                 raise HttpRefusal(f"request body not received within {self.timeout:g} s",
-                                  REQUEST_TIMEOUT, 408, close=True) from None
+                                  errors.REQUEST_TIMEOUT, close=True) from None
             if message["type"] != "http.request":
                 done = True
                 return message
