@@ -39,6 +39,8 @@ HOST_NETWORK = "127.0.1."
 """camserverN listens on 127.0.1.N: every host its own address, as real servers have."""
 LB_ADDRESS = "127.0.0.1"
 """The load balancer, the cluster's front door, listens here (as https://localhost)."""
+LB_SOURCE_ADDRESS = lb.SOURCE_ADDRESS
+"""... and connects to the edges from here, the one address they trust for X-Forwarded-*."""
 STATE_FILE = "cluster.json"
 DEFAULT_PORTS = {"edge": 8080, "nats": 4222, "route": 6222, "postgres": 5432, "janus": 8088}
 
@@ -272,6 +274,7 @@ class LocalCluster:
                     for n, p in self.edge_ports.items()]
         front = Host("lb", LB_ADDRESS, -1)
         balancer = lb.make(kind, workdir or self.root / "lb", backends, port=port or None,
+                           source=LB_SOURCE_ADDRESS,
                            spawn=self.spawner(front) if self.supervised else rig.Proc)
         self.balancer = balancer.start(60)
         assert balancer.proc is not None
@@ -448,7 +451,7 @@ class LocalCluster:
         terminal: every host, its supervisor socket and every process with its ports."""
         hosts: dict[str, dict[str, Any]] = {h.name: {"address": h.address} for h in self.hosts}
         for name, sup in self.supervisors.items():
-            hosts.setdefault(name, {"address": LB_ADDRESS})
+            hosts.setdefault(name, {"address": LB_ADDRESS, "source": LB_SOURCE_ADDRESS})
             hosts[name].update({"socket": str(sup.sock), "supervisor_pid": sup.pid})
         return {
             "run_id": self.run_id, "camctl_pid": os.getpid(), "logs": str(self.logdir),
@@ -457,6 +460,8 @@ class LocalCluster:
             "hosts": hosts,
             "edges": {n.split("/")[0]: self.http(n) for n in self.edge_ports},
             "load_balancer": self.balancer.url if self.balancer else None,
+            # Where it connects to the edges from: their cam.trustedProxies.
+            "load_balancer_source": self.balancer.source if self.balancer else None,
             "processes": {n: {"host": self.host_of[n], "ports": self.ports.get(n, {}),
                               "log": str(p.log_path), "program": p.name}
                           for n, p in self.procs.items()},

@@ -2,9 +2,16 @@
 
 ``camctl up`` and the tests run the production configurations,
 ``deploy/haproxy/haproxy.cfg`` and ``deploy/caddy/Caddyfile``, changed only where a
-local run must differ: loopback addresses and ports, the certificate (a self-signed
-one for HAProxy, Caddy's local CA) and the list of edges. Everything else (TLS,
-balancing, cookies, headers, timeouts, health checks) is the file as shipped.
+local run must differ: loopback addresses and ports, the address the balancer connects
+to the edges from, the certificate (a self-signed one for HAProxy, Caddy's local CA)
+and the list of edges. Everything else (TLS, balancing, cookies, headers, timeouts,
+health checks) is the file as shipped.
+
+A local balancer listens for clients on 127.0.0.1 (``https://localhost:8443``) but
+connects to the edges from an address of its own, :data:`SOURCE_ADDRESS`, the one
+entry of the edges' ``cam.trustedProxies``: a client that connects to an edge from
+127.0.0.1, as every local program does by default, is not believed when it sends
+``X-Forwarded-For`` (docs/security.md, "The load balancer").
 
 ``python -m camctl.lb selfsigned DIR`` writes the self-signed certificate that the
 docker compose setup gives HAProxy; ``python -m camctl.lb probe URL`` makes the load
@@ -35,6 +42,11 @@ LB_HOST = "localhost"
 """Public name of a local load balancer. The edges are listed in cam.clusterHosts by
 address (127.0.0.1:PORT), so this name differs from all of them and the edges report
 that a load balancer is in front (docs/deployment.md)."""
+SOURCE_ADDRESS = "127.0.2.1"
+"""The address a local load balancer connects to the edges from (HAProxy ``source``,
+Caddy's ``local_address``): the only one ``camctl up`` puts in cam.trustedProxies.
+127.0.2.0/24 is no host's network (hosts are 127.0.1.N) and not 127.0.0.1, where every
+local client comes from. Loopback only: any local process can bind it (docs/security.md)."""
 HEALTH_PATH = "/CAMServer/healthCheck"
 HEALTH_OK = (200, b'{"status":200}')
 
@@ -125,8 +137,10 @@ def _sub_once(pattern: str, repl: str, text: str, what: str) -> str:
 
 
 def render_haproxy(template: str, *, https_bind: str, http_bind: str, cert: Path,
-                   backends: Sequence[Backend]) -> str:
-    """The production config with local addresses, certificate and edges.
+                   backends: Sequence[Backend], source: str | None = None) -> str:
+    """The production config with local addresses, certificate and edges; with
+    ``source``, the backend connects to the edges (requests and health checks) from
+    that address (a ``source`` line after the ``backend`` line).
 
     The privilege drop (chroot, user, group) is left out: a local run keeps the
     invoking user. Any other difference is a bug, so each change must match once.
@@ -138,6 +152,9 @@ def render_haproxy(template: str, *, https_bind: str, http_bind: str, cert: Path
                      rf"\g<1>{https_bind}\g<2>{cert}", text, "'bind :443 ssl crt' line")
     text = _sub_once(r"^([ \t]*bind[ \t]+):80[ \t]*$", rf"\g<1>{http_bind}", text,
                      "'bind :80' line")
+    if source:
+        text = _sub_once(r"^(backend[ \t]+\S+)[ \t]*$", rf"\g<1>\n    source {source}", text,
+                         "'backend' section")
     server = re.compile(r"^([ \t]*)server[ \t]+\S+[ \t]+\S+[ \t]+cookie[ \t]+\S+(.*)$",
                         re.MULTILINE)
     found = list(server.finditer(text))
@@ -158,12 +175,15 @@ class LoadBalancer:
     kind = ""
 
     def __init__(self, workdir: Path, backends: Sequence[Backend], *, port: int | None = None,
-                 host: str = LB_HOST, bind: str = "127.0.0.1", spawn: rig.Spawn = rig.Proc) -> None:
+                 host: str = LB_HOST, bind: str = "127.0.0.1", source: str | None = None,
+                 spawn: rig.Spawn = rig.Proc) -> None:
         self.workdir = workdir.resolve()
         self.backends = list(backends)
         self.port = port or rig.free_port()
         self.http_port = rig.free_port()
-        self.host, self.bind = host, bind
+        # bind: where clients connect; source: where connections to the edges come
+        # from (None: the kernel's choice, 127.0.0.1 towards loopback edges).
+        self.host, self.bind, self.source = host, bind, source
         self.spawn = spawn
         self.proc: rig.Handle | None = None
 
@@ -244,7 +264,7 @@ class HAProxy(LoadBalancer):
         config = render_haproxy(
             (deploy_dir() / "haproxy" / "haproxy.cfg").read_text(encoding="utf-8"),
             https_bind=f"{self.bind}:{self.port}", http_bind=f"{self.bind}:{self.http_port}",
-            cert=pem, backends=self.backends)
+            cert=pem, backends=self.backends, source=self.source)
         path = self.workdir / "haproxy.cfg"
         path.write_text(config, encoding="utf-8")
         return [haproxy_binary(), "-db", "-f", str(path)], {}
@@ -268,6 +288,8 @@ class Caddy(LoadBalancer):
             "CAM_LB_ADMIN": "off",
             # A local CA under workdir, not installed into the system trust store.
             "CAM_LB_GLOBAL_OPTIONS": f"local_certs\n\tskip_install_trust\n\tdefault_bind {self.bind}",
+            # The edges see (and trust) this address: reverse_proxy's local_address.
+            "CAM_LB_TRANSPORT_OPTIONS": f"local_address {self.source}" if self.source else "",
             "XDG_DATA_HOME": str(self.workdir / "data"),
             "XDG_CONFIG_HOME": str(self.workdir / "config"),
         }
@@ -304,17 +326,18 @@ class LocalPlan:
         return f"https://{LB_HOST}" + ("" if self.port == 443 else f":{self.port}")
 
     def edge_env(self, trusted_proxies: Sequence[str], server_url_domain: str) -> dict[str, str]:
-        """What the edges need: trust the balancer's headers, know the public URL."""
+        """What the edges need: trust the balancer's headers (from :data:`SOURCE_ADDRESS`
+        only, where it connects from), know the public URL."""
         env: dict[str, str] = {}
         if not trusted_proxies:
-            env["CAM_TRUSTED_PROXIES"] = "127.0.0.1"
+            env["CAM_TRUSTED_PROXIES"] = SOURCE_ADDRESS
         if not server_url_domain:
             env["CAM_SERVER_URL_DOMAIN"] = self.url
         return env
 
     def start(self, backends: Sequence[Backend], spawn: rig.Spawn = rig.Proc) -> LoadBalancer:
         self.balancer = make(self.kind, self.workdir, backends, port=self.port,
-                             spawn=spawn).start(60)
+                             source=SOURCE_ADDRESS, spawn=spawn).start(60)
         return self.balancer
 
     def stop(self) -> None:

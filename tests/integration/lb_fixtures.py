@@ -8,7 +8,7 @@ import http.server
 import json
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
@@ -21,7 +21,9 @@ from tests.conftest import Cluster
 
 CLIENT_ADDRESS = "127.0.0.2"
 """Tests talk to the load balancers from this loopback address, and the load balancers
-to the edges from 127.0.0.1 (the only trusted proxy), so the edge can tell them apart."""
+to the edges from lb.SOURCE_ADDRESS (127.0.2.1, the only trusted proxy, as camctl up
+sets them up), so the edge can tell them apart; 127.0.0.1, where local programs come
+from, is no proxy."""
 
 
 class EdgeEnv(TypedDict):
@@ -49,10 +51,13 @@ class LbCluster:
 
 
 def start_lb_cluster(cluster_factory: Any, workdir: Path, kinds: Sequence[str] = lb.KINDS, *,
-                     nodes: int = 2, private_bus: Sequence[str] = ()) -> LbCluster:
-    """Edges camserver1..N listed in cam.clusterHosts (own host first), trusting
-    127.0.0.1, with cam.serverURLDomain naming the first load balancer of ``kinds``
-    (with none, naming the edge itself: no load balancer in front).
+                     nodes: int = 2, private_bus: Sequence[str] = (),
+                     edge_env: Mapping[str, str] | None = None) -> LbCluster:
+    """Edges camserver1..N listed in cam.clusterHosts (own host first), trusting only
+    lb.SOURCE_ADDRESS, the address the load balancers connect from (as ``camctl up``
+    runs them), with cam.serverURLDomain naming the first load balancer of ``kinds``
+    (with none, naming the edge itself: no load balancer in front). ``edge_env`` adds
+    settings to every edge.
 
     An edge named in ``private_bus`` gets a NATS server of its own (and so can lose
     its bus, and its health, alone); the others share a two-server NATS cluster.
@@ -70,18 +75,20 @@ def start_lb_cluster(cluster_factory: Any, workdir: Path, kinds: Sequence[str] =
         for i, name in enumerate(names):
             order = names[i:] + names[:i]
             env: EdgeEnv = {"CAM_CLUSTER_HOSTS": ";".join(f"127.0.0.1:{c.edge_ports[n]}" for n in order),
-                            "CAM_TRUSTED_PROXIES": "127.0.0.1",
+                            "CAM_TRUSTED_PROXIES": lb.SOURCE_ADDRESS,
                             # Without a load balancer the public URL is the node's own host.
                             "CAM_SERVER_URL_DOMAIN": public or f"http://127.0.0.1:{c.edge_ports[name]}"}
             if name in private_bus:
                 bus = rig.NatsCluster(workdir / f"bus-{name}", size=1, name=f"own-{name}")
                 made.private_bus[name] = bus.start()
                 env["CAM_NATS_URL"] = bus.url(0)
-            c.start_edge(name, **env)
+            # host, port and nats given, so that mypy lets the settings be any CAM_* key.
+            c.start_edge(name, 0, port=c.edge_ports[name], nats=None, **env, **dict(edge_env or {}))
         c.wait_edges()
         backends = [lb.Backend(n, "127.0.0.1", c.edge_ports[n]) for n in names]
         for kind in kinds:
-            made.balancers[kind] = lb.make(kind, workdir / kind, backends, port=ports[kind]).start()
+            made.balancers[kind] = lb.make(kind, workdir / kind, backends, port=ports[kind],
+                                           source=lb.SOURCE_ADDRESS).start()
     except BaseException:
         made.stop()
         raise

