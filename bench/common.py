@@ -35,6 +35,16 @@ LOAD_CPUS: set[int] = {_CPUS[0]} if len(_CPUS) >= 2 else set(_CPUS)
 SERVER_CPUS: set[int] = {_CPUS[1]} if len(_CPUS) >= 2 else set(_CPUS)
 
 
+LOADGEN_ENV = {
+    "CAM_MAX_CONNECTIONS_PER_ADDRESS": "1000000",
+    "CAM_MAX_CONNECTIONS_PER_USER": "100000",
+    "CAM_REQUEST_RATE_LIMIT": "10000000",
+}
+"""The load generator is one address with up to tens of thousands of connections, some
+of one user, each sending as fast as it is answered: the per-client limits, which are
+there against abuse, would measure themselves instead of the cluster."""
+
+
 class BenchCluster(LocalCluster):
     """The local cluster builder with a throwaway root: one NATS server per two edges'
     worth of hosts (two), PostgreSQL, chat and presence replicas, edges on 127.0.0.1."""
@@ -44,7 +54,7 @@ class BenchCluster(LocalCluster):
         self.tmp = Path(tempfile.mkdtemp(prefix="cam-bench-"))
         super().__init__(self.tmp, hosts=2, data_path=self.tmp / "data", logdir=self.tmp / "logs",
                          own_addresses=False,
-                         env={"CAM_LOG_LEVEL": "WARNING", **(extra_env or {})})
+                         env={"CAM_LOG_LEVEL": "WARNING", **LOADGEN_ENV, **(extra_env or {})})
         self.n_edges, self.n_chat, self.n_presence = edges, chat, presence
         self.edge_module = edge_module  # run edges as ``python -m edge_module`` (what-if variants)
         self.dsn = ""

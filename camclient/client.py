@@ -20,10 +20,12 @@ PROTOCOL_VERSION = 1
 class ClientError(Exception):
     """An error frame or REST error: ``code`` is the protocol's stable error code."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, retry_after: float | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.retry_after = retry_after
+        """Seconds to wait before retrying, with ``rate_limited``."""
 
 
 async def login(base_url: str, username: str, password: str, *, verify: Any = True) -> str:
@@ -35,6 +37,20 @@ async def login(base_url: str, username: str, password: str, *, verify: Any = Tr
         err = body.get("error", {})
         raise ClientError(err.get("code", "http_error"), err.get("message", r.reason_phrase))
     return str(body["token"])
+
+
+async def change_password(base_url: str, token: str, current: str, new: str, *,
+                          verify: Any = True) -> int:
+    """Change the password of the session's user; returns how many of the user's other
+    sessions were revoked (their sockets are closed on every node)."""
+    async with httpx.AsyncClient(base_url=base_url, verify=verify, timeout=10) as http:
+        r = await http.post("/api/password", json={"current": current, "new": new},
+                            headers={"Authorization": f"Bearer {token}"})
+    body = r.json()
+    if r.status_code != 200:
+        err = body.get("error", {})
+        raise ClientError(err.get("code", "http_error"), err.get("message", r.reason_phrase))
+    return int(body["revoked_sessions"])
 
 
 def ws_url(base_url: str) -> str:
@@ -131,6 +147,8 @@ class Client:
                         self.last_seq[room] = seq
                 elif op == "room_added":
                     self.last_seq.setdefault(frame["room"]["id"], frame["room"]["last_seq"])
+                elif op == "room_removed":
+                    self.last_seq.pop(frame["room"], None)  # nothing to resume there
                 await self.events.put(frame)
         except ConnectionClosed:
             pass
@@ -156,7 +174,7 @@ class Client:
             raise ClientError("closed", f"connection closed ({exc.rcvd})") from None
         frame = await asyncio.wait_for(fut, timeout)
         if frame["op"] == "error":
-            raise ClientError(frame["code"], frame["message"])
+            raise ClientError(frame["code"], frame["message"], frame.get("retry_after"))
         return frame["result"]
 
     async def send(self, room: int, body: str, cid: str | None = None) -> dict[str, Any]:
@@ -181,6 +199,38 @@ class Client:
             rooms += page["rooms"]
             cursor = page.get("next")
         return rooms
+
+    # ---------------------------------------------------------- membership
+
+    async def leave(self, room: int) -> dict[str, Any]:
+        """Leave a room (a direct one too); this connection then gets ``room_removed``."""
+        return await self.request("leave", room=room)
+
+    async def block(self, user: str) -> dict[str, Any]:
+        """Refuse direct messages and invitations from ``user`` (a user name)."""
+        return await self.request("block", user=user)
+
+    async def unblock(self, user: str) -> dict[str, Any]:
+        return await self.request("unblock", user=user)
+
+    async def blocks(self) -> list[str]:
+        """The names of the users this user blocked, sorted."""
+        return list((await self.request("blocks"))["users"])
+
+    # ---------------------------------------------------------- moderation (admins only)
+
+    async def admin_remove_member(self, room: int, user: str) -> dict[str, Any]:
+        return await self.request("admin_remove_member", room=room, user=user)
+
+    async def admin_delete_room(self, room: int) -> dict[str, Any]:
+        return await self.request("admin_delete_room", room=room)
+
+    async def admin_delete_message(self, room: int, seq: int) -> dict[str, Any]:
+        return await self.request("admin_delete_message", room=room, seq=seq)
+
+    async def admin_revoke_sessions(self, user: str) -> dict[str, Any]:
+        """Log ``user`` out everywhere: every session revoked, every socket closed."""
+        return await self.request("admin_revoke_sessions", user=user)
 
     async def next_event(self, op: str | None = None, *, timeout: float = 10.0,
                          where: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:

@@ -49,6 +49,11 @@ def _token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
+def token_digest(token: str) -> bytes:
+    """The SHA-256 of a session token, as the sessions table stores it."""
+    return _token_hash(token)
+
+
 def token_hash_hex(token: str) -> str:
     """Public fingerprint of a session token, used to revoke its live connections."""
     return _token_hash(token).hex()
@@ -62,6 +67,11 @@ def validate_username(username: str) -> None:
         )
 
 
+def check_password(password: str) -> None:
+    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        raise RequestError(f"password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters long")
+
+
 async def create_user(
     pool: asyncpg.Pool,
     username: str,
@@ -71,8 +81,7 @@ async def create_user(
     is_admin: bool = False,
 ) -> User:
     validate_username(username)
-    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
-        raise RequestError(f"password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters long")
+    check_password(password)
     pw_hash = await asyncio.to_thread(_hasher.hash, password)
     try:
         row = await pool.fetchrow(
@@ -155,3 +164,69 @@ async def revoke_session(pool: asyncpg.Pool, token: str) -> bool:
         _token_hash(token),
     )
     return status.endswith(" 1")
+
+
+async def live_sessions(pool: asyncpg.Pool, digests: list[bytes]) -> set[bytes]:
+    """Those of ``digests`` (token SHA-256s) whose session is neither expired nor revoked."""
+    live: set[bytes] = set()
+    for i in range(0, len(digests), 10_000):
+        rows = await pool.fetch(
+            "SELECT token_hash FROM sessions WHERE token_hash = ANY($1::bytea[])"
+            " AND revoked_at IS NULL AND expires_at > now()",
+            digests[i:i + 10_000],
+        )
+        live.update(bytes(r["token_hash"]) for r in rows)
+    return live
+
+
+async def revoke_user_sessions(conn: asyncpg.Pool | asyncpg.Connection, user_id: int, *,
+                               keep: str | None = None) -> list[str]:
+    """Revoke every live session of a user but ``keep`` (a token).
+
+    Returns the revoked sessions' fingerprints (``token_hash_hex``), so their live
+    sockets can be closed on every node.
+    """
+    rows = await conn.fetch(
+        "UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL"
+        " AND expires_at > now() AND token_hash IS DISTINCT FROM $2 RETURNING token_hash",
+        user_id, _token_hash(keep) if keep else None,
+    )
+    return [bytes(r["token_hash"]).hex() for r in rows]
+
+
+async def set_password(pool: asyncpg.Pool, user_id: int, password: str, *,
+                       keep: str | None = None) -> list[str]:
+    """Give the user a new password and revoke their sessions but ``keep`` (a token).
+
+    Returns the revoked sessions' fingerprints (see ``revoke_user_sessions``). Both
+    happen in one transaction, so a session stolen with the old password does not
+    outlive the change.
+    """
+    check_password(password)
+    pw_hash = await asyncio.to_thread(_hasher.hash, password)
+    async with pool.acquire() as conn, conn.transaction():
+        status = await conn.execute(
+            "UPDATE users SET password_hash = $2 WHERE id = $1", user_id, pw_hash)
+        if status != "UPDATE 1":
+            raise CamError("no such user", errors.NO_SUCH_USER)
+        return await revoke_user_sessions(conn, user_id, keep=keep)
+
+
+async def verify_password(pool: asyncpg.Pool, user_id: int, password: str) -> bool:
+    """Whether ``password`` is the user's (Argon2id verification off the event loop)."""
+    if len(password) > MAX_PASSWORD:
+        return False
+    stored = await pool.fetchval("SELECT password_hash FROM users WHERE id = $1", user_id)
+    try:
+        await asyncio.to_thread(_hasher.verify, stored or _DUMMY_HASH, password)
+    except (VerificationError, InvalidHashError):
+        return False
+    return stored is not None
+
+
+async def user_by_name(pool: asyncpg.Pool | asyncpg.Connection, username: str) -> User | None:
+    if not USERNAME_RE.fullmatch(username):
+        return None
+    row = await pool.fetchrow(
+        "SELECT id, username, display_name, is_admin FROM users WHERE username = $1", username)
+    return _user(row) if row else None

@@ -809,6 +809,96 @@ KEYS: Final[tuple[ConfigKey, ...]] = (
         format=str,
         note="Keep it secret like a password; at least 16 characters.",
     ),
+    ConfigKey(
+        ini="cam.outgoingQueueBytes",
+        env="CAM_OUTGOING_QUEUE_BYTES",
+        field="outgoing_queue_bytes",
+        default="4194304",
+        description="Bytes of frames queued for one client before it is closed as too slow "
+        "(4001), whatever cam.outgoingQueueFrames allows.",
+        parse=_int_range(1_048_576, 1_073_741_824),
+        note="At least 1 MiB, so the largest reply (a 512 KiB page) always fits.",
+    ),
+    ConfigKey(
+        ini="cam.maxConnectionsPerUser",
+        env="CAM_MAX_CONNECTIONS_PER_USER",
+        field="max_connections_per_user",
+        default="32",
+        description="WebSockets one user may have open on one edge; one more is closed "
+        "with 4429 after auth.",
+        parse=_int_range(1, 100_000),
+    ),
+    ConfigKey(
+        ini="cam.maxConnectionsPerAddress",
+        env="CAM_MAX_CONNECTIONS_PER_ADDRESS",
+        field="max_connections_per_address",
+        default="1024",
+        description="WebSockets open at once on one edge from one client address (behind "
+        "cam.trustedProxies: the real client); one more is refused with 4429.",
+        parse=_int_range(1, 1_000_000),
+    ),
+    ConfigKey(
+        ini="cam.requestRateLimit",
+        env="CAM_REQUEST_RATE_LIMIT",
+        field="request_rate_limit",
+        default="200",
+        description="Requests one WebSocket may make within cam.requestRateWindow; more "
+        "are answered 'rate_limited' with retry_after.",
+        parse=_int_range(1, 10_000_000),
+    ),
+    ConfigKey(
+        ini="cam.requestRateWindow",
+        env="CAM_REQUEST_RATE_WINDOW",
+        field="request_rate_window",
+        default="10",
+        description="Seconds of the moving window of cam.requestRateLimit.",
+        parse=_int_range(1, 3600),
+    ),
+    ConfigKey(
+        ini="cam.watchPerConnection",
+        env="CAM_WATCH_PER_CONNECTION",
+        field="watch_per_connection",
+        default="5000",
+        description="Users one WebSocket may watch for presence at once.",
+        parse=_int_range(1, 1_000_000),
+    ),
+    ConfigKey(
+        ini="cam.watchPerEdge",
+        env="CAM_WATCH_PER_EDGE",
+        field="watch_per_edge",
+        default="200000",
+        description="Distinct users watched for presence on one edge (one bus "
+        "subscription each); a watch past it is answered 'limit_reached'.",
+        parse=_int_range(1, 100_000_000),
+    ),
+    ConfigKey(
+        ini="cam.sessionRecheckInterval",
+        env="CAM_SESSION_RECHECK_INTERVAL",
+        field="session_recheck_interval",
+        default="30.0",
+        description="Seconds between an edge's checks that the session of every open "
+        "WebSocket is still valid; expired or revoked ones are closed (4403).",
+        parse=_float_range(0.1, 3600.0),
+        format=repr,
+    ),
+    ConfigKey(
+        ini="cam.roomsPerHour",
+        env="CAM_ROOMS_PER_HOUR",
+        field="rooms_per_hour",
+        default="60",
+        description="Rooms (group and direct) one user may create within an hour; more "
+        "are answered 'rate_limited'.",
+        parse=_int_range(1, 1_000_000),
+    ),
+    ConfigKey(
+        ini="cam.maxRoomMembers",
+        env="CAM_MAX_ROOM_MEMBERS",
+        field="max_room_members",
+        default="10000",
+        description="Members one room may have; a create_room or invite past it is "
+        "answered 'limit_reached'.",
+        parse=_int_range(2, 10_000_000),
+    ),
 )
 
 _BY_INI: Final[dict[str, ConfigKey]] = {key.ini: key for key in KEYS}
@@ -860,6 +950,16 @@ class Settings:
     http_keep_alive: int
     http_max_pending_connections: int
     monitoring_token: str
+    outgoing_queue_bytes: int
+    max_connections_per_user: int
+    max_connections_per_address: int
+    request_rate_limit: int
+    request_rate_window: int
+    watch_per_connection: int
+    watch_per_edge: int
+    session_recheck_interval: float
+    rooms_per_hour: int
+    max_room_members: int
     unknown_keys: tuple[str, ...]
     """boot.ini keys and CAM_* environment variables that name no key (warned, ignored)."""
     source: str

@@ -48,6 +48,7 @@ REQUEST_TIMEOUT: Final = "request_timeout"
 REQUEST_TOO_LARGE: Final = "request_too_large"
 UNSUPPORTED_MEDIA_TYPE: Final = "unsupported_media_type"
 RATE_LIMITED: Final = "rate_limited"
+LIMIT_REACHED: Final = "limit_reached"
 
 
 class Code(NamedTuple):
@@ -83,12 +84,16 @@ CODES: Final[dict[str, Code]] = {
     TOO_LARGE: Code(413, "the answer would exceed the bus payload limit (1 MiB); paged answers "
                          "never should"),
     INTERNAL: Code(500, "an unexpected server error; nothing was stored"),
-    FORBIDDEN: Code(403, "the Origin may not call the API, or the cluster view without admin "
-                         "rights"),
+    FORBIDDEN: Code(403, "not allowed: an admin op or the cluster view without admin rights, "
+                         "an Origin that may not call the API, or a user who blocked the "
+                         "caller"),
     REQUEST_TIMEOUT: Code(408, "the request body did not arrive in time"),
     REQUEST_TOO_LARGE: Code(413, "the request body is over cam.maxRequestBytes"),
     UNSUPPORTED_MEDIA_TYPE: Code(415, "the request body is not application/json"),
-    RATE_LIMITED: Code(429, "login lockout or flood; retry after Retry-After seconds"),
+    RATE_LIMITED: Code(429, "too many requests (logins, ops per connection, rooms per hour); "
+                            "retry after Retry-After (REST) or retry_after (ops) seconds"),
+    LIMIT_REACHED: Code(409, "a configured bound is reached (members per room, watched "
+                             "users); the request was not carried out"),
 }
 
 #: Every code with the meaning documented in docs/protocol.md.

@@ -20,7 +20,9 @@ CLOSE_AUTH_TIMEOUT: Final = 4401
 """No successful ``auth`` frame within the time allowed."""
 
 CLOSE_SESSION_REVOKED: Final = 4403
-"""The session was revoked (logout elsewhere): log in again."""
+"""The session was revoked (logout elsewhere) or expired: log in again."""
+CLOSE_TOO_MANY_CONNECTIONS: Final = 4429
+"""The user or the client address has cam.maxConnectionsPer* WebSockets open already."""
 
 AUTH_TIMEOUT_SECONDS: Final = 15.0
 REPLAY_STALL_SECONDS: Final = 5.0
@@ -33,7 +35,6 @@ RESUME_MAX_MESSAGES: Final = 1000
 REPAIR_PAGE: Final = 200
 PENDING_PER_ROOM: Final = 256
 """Out-of-order live frames an edge holds per connection and room while it repairs."""
-MAX_WATCHED_USERS: Final = 5000
 TYPING_MIN_INTERVAL: Final = 1.0
 """Seconds between two typing events of one connection in one room."""
 

@@ -24,6 +24,8 @@ ROOMS_PAGE_MAX: Final = 5000
 RoomPageLimit = Annotated[int, msgspec.Meta(ge=1, le=ROOMS_PAGE_MAX)]
 
 MAX_NAMES: Final = 100
+MAX_BLOCKS: Final = 1000
+"""Most users one user may block (so ``blocks`` answers in one small reply)."""
 
 PAGE_BYTES: Final = 512 * 1024
 """Byte budget of one page of a bus reply (history, room list): well under the bus
@@ -150,6 +152,42 @@ class TypingFrame(Frame, tag="typing"):
     room: RoomId
 
 
+class LeaveFrame(Frame, tag="leave"):
+    room: RoomId
+
+
+class BlockFrame(Frame, tag="block"):
+    user: UserName
+
+
+class UnblockFrame(Frame, tag="unblock"):
+    user: UserName
+
+
+class BlocksFrame(Frame, tag="blocks"):
+    pass
+
+
+class AdminRemoveMemberFrame(Frame, tag="admin_remove_member"):
+    room: RoomId
+    user: UserName
+
+
+class AdminDeleteRoomFrame(Frame, tag="admin_delete_room"):
+    room: RoomId
+
+
+class AdminDeleteMessageFrame(Frame, tag="admin_delete_message"):
+    room: RoomId
+    seq: Annotated[int, msgspec.Meta(ge=1, le=2**62)]
+
+
+class AdminRevokeSessionsFrame(Frame, tag="admin_revoke_sessions"):
+    """Log a user out everywhere (handled by the edge, which reads ``is_admin`` itself)."""
+
+    user: UserName
+
+
 class ConfJoinFrame(Frame, tag="conf_join"):
     room: RoomId
 
@@ -192,6 +230,14 @@ CLIENT_FRAMES: Final[dict[str, type[Frame]]] = {
         UnwatchFrame,
         DirectoryFrame,
         TypingFrame,
+        LeaveFrame,
+        BlockFrame,
+        UnblockFrame,
+        BlocksFrame,
+        AdminRemoveMemberFrame,
+        AdminDeleteRoomFrame,
+        AdminDeleteMessageFrame,
+        AdminRevokeSessionsFrame,
         ConfJoinFrame,
         ConfLeaveFrame,
         ConfParticipantsFrame,
@@ -253,6 +299,38 @@ class RoomInfo(ChatRequest):
     room: RoomId
 
 
+class Leave(ChatRequest):
+    room: RoomId
+
+
+class Block(ChatRequest):
+    user: UserName
+
+
+class Unblock(ChatRequest):
+    user: UserName
+
+
+class Blocks(ChatRequest):
+    pass
+
+
+class AdminRemoveMember(ChatRequest):
+    """Admin ops: the chat service checks ``users.is_admin`` of ``user_id`` itself."""
+
+    room: RoomId
+    user: UserName
+
+
+class AdminDeleteRoom(ChatRequest):
+    room: RoomId
+
+
+class AdminDeleteMessage(ChatRequest):
+    room: RoomId
+    seq: Annotated[int, msgspec.Meta(ge=1, le=2**62)]
+
+
 class RoomHeads(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """An edge asking the last seq of the rooms it delivers (no user data returned)."""
 
@@ -270,6 +348,13 @@ CHAT_OPS: Final[dict[str, type[msgspec.Struct]]] = {
     "members": Members,
     "room_info": RoomInfo,
     "room_heads": RoomHeads,
+    "leave": Leave,
+    "block": Block,
+    "unblock": Unblock,
+    "blocks": Blocks,
+    "admin_remove_member": AdminRemoveMember,
+    "admin_delete_room": AdminDeleteRoom,
+    "admin_delete_message": AdminDeleteMessage,
 }
 
 
@@ -388,7 +473,7 @@ class Message(msgspec.Struct, kw_only=True):
     cid: str
     sender: int
     sender_name: str
-    kind: str  # "text" or "system"
+    kind: str  # "text", "system" or "deleted" (an admin deleted it: body is "")
     body: str
     ts: int  # milliseconds since the epoch, commit time
 

@@ -12,12 +12,13 @@ import signal
 import sys
 import time
 import xmlrpc.client
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from camcore import accounts, bus, db, subjects, wire
+from camcore import accounts, audit, bus, db, subjects, wire
 from camcore.config import ConfigError, Settings, load_settings, settings_env
 from camcore.errors import CamError
 
@@ -239,6 +240,76 @@ def cmd_user_list(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _close_revoked(settings: Settings, user_id: int, fingerprints: list[str]) -> str:
+    """Tell every edge to close the sockets of these revoked sessions; what happened."""
+    if not fingerprints:
+        return ""
+    try:
+        nc = await bus.connect(_bus_urls(settings), "camctl-user", connect_deadline=5,
+                               credentials=_operator_credentials(settings))
+    except CamError as exc:
+        return (f"; the bus is unreachable ({exc.message}): their sockets close within "
+                f"cam.sessionRecheckInterval ({settings.session_recheck_interval:g} s)")
+    try:
+        for fingerprint in fingerprints:
+            await nc.publish(subjects.user_session(user_id), wire.encode(
+                {"type": "session_revoked", "token_hash": fingerprint}))
+        await nc.flush(timeout=5)
+    finally:
+        await nc.close()
+    return "; their sockets are closed on every node"
+
+
+def _user_command(args: argparse.Namespace, what: str,
+                  change: Callable[[Any, accounts.User], Awaitable[list[str]]]) -> int:
+    """Run ``change`` on the named user; it returns the sessions it revoked."""
+    settings = _settings(args)
+
+    async def run() -> str:
+        pool = await db.create_pool(_database_url(settings), max_size=2)
+        try:
+            user = await accounts.user_by_name(pool, args.name)
+            if user is None:
+                raise CamError(f"no user {args.name!r}", "no_such_user")
+            revoked = await change(pool, user)
+        finally:
+            await pool.close()
+        closed = await _close_revoked(settings, user.id, revoked)
+        return f"{what} {user.username}: {len(revoked)} sessions revoked{closed}"
+
+    try:
+        print(asyncio.run(run()))
+    except CamError as exc:
+        print(f"camctl user {args.user_cmd}: {exc.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_user_passwd(args: argparse.Namespace) -> int:
+    """Set a user's password; every session of theirs is revoked."""
+    password = args.password or getpass.getpass(f"new password for {args.name}: ")
+
+    async def change(pool: Any, user: accounts.User) -> list[str]:
+        revoked = await accounts.set_password(pool, user.id, password)
+        await audit.record(pool, None, "reset_password", user=user.id,
+                           detail={"sessions": len(revoked)})
+        return revoked
+
+    return _user_command(args, "new password for", change)
+
+
+def cmd_user_revoke(args: argparse.Namespace) -> int:
+    """Log a user out everywhere: every session revoked, every socket closed."""
+
+    async def change(pool: Any, user: accounts.User) -> list[str]:
+        revoked = await accounts.revoke_user_sessions(pool, user.id)
+        await audit.record(pool, None, "revoke_sessions", user=user.id,
+                           detail={"sessions": len(revoked)})
+        return revoked
+
+    return _user_command(args, "logged out", change)
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     applied = asyncio.run(db.migrate(_database_url(_settings(args))))
     print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
@@ -291,12 +362,18 @@ def cmd_sub(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bus_urls(settings: Settings) -> list[str]:
+    """The running local cluster's NATS servers, else those of the config."""
+    state_urls = _state(settings).get("nats_urls")
+    if isinstance(state_urls, list) and state_urls:
+        return [str(u) for u in state_urls]
+    return list(settings.nats_urls)
+
+
 def cmd_video(args: argparse.Namespace) -> int:
     """Operator view of the video servers: status, drain, enable, explain a placement."""
     settings = _settings(args)
-    state_urls = _state(settings).get("nats_urls")
-    urls = [str(u) for u in state_urls] if isinstance(state_urls, list) and state_urls \
-        else list(settings.nats_urls)
+    urls = _bus_urls(settings)
 
     async def run() -> object:
         nc = await bus.connect(urls, "camctl-video", connect_deadline=5,
@@ -542,6 +619,13 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("--admin", action="store_true")
     add.set_defaults(func=cmd_user_add)
     user.add_parser("list", help="list users").set_defaults(func=cmd_user_list)
+    pw = user.add_parser("passwd", help="set a user's password (revokes all their sessions)")
+    pw.add_argument("name")
+    pw.add_argument("--password", help="new password (default: prompt)")
+    pw.set_defaults(func=cmd_user_passwd)
+    rv = user.add_parser("revoke", help="log a user out everywhere (revoke all sessions)")
+    rv.add_argument("name")
+    rv.set_defaults(func=cmd_user_revoke)
 
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
 

@@ -55,6 +55,9 @@ TEST_ENV = {
     "CAM_REPAIR_INTERVAL": "0.5",
     "CAM_LOG_LEVEL": "INFO",
     "CAM_MONITORING_TOKEN": MONITORING_TOKEN,
+    "CAM_SESSION_RECHECK_INTERVAL": "1",
+    # Fault drills send bursts faster than a person types; the limit has its own tests.
+    "CAM_REQUEST_RATE_LIMIT": "5000",
 }
 """Short timers so that faults show within a test's patience."""
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import logging
 from types import ModuleType
 from typing import Any
@@ -17,6 +16,7 @@ import nats.errors
 import pytest
 from cam_edge.app import create_app
 from cam_edge.connection import Connection
+from cam_edge.limits import ConnectionCounts, RequestLimiter
 from cam_edge.ops import registry
 from cam_video_allocator import janus
 
@@ -24,6 +24,7 @@ from camcore import bus, errors, loops, wire
 from camcore.accounts import User
 from camcore.config import load_settings
 from camcore.errors import CamError, RequestError, Unavailable
+from tests.unit.fakes import FakeWebSocket
 
 DATABASE_DOWN = [
     ConnectionRefusedError(111, "Connection refused"),
@@ -126,17 +127,8 @@ class FakeEdge:
         self.pool = DownPool()
         self.connections: set[Any] = set()
         self.draining = False
-
-
-class FakeWebSocket:
-    def __init__(self) -> None:
-        self.sent: list[dict[str, Any]] = []
-
-    async def send_text(self, text: str) -> None:
-        self.sent.append(json.loads(text))
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        pass
+        self.requests = RequestLimiter(100, 10)
+        self.counts = ConnectionCounts(per_address=10, per_user=10)
 
 
 async def test_a_websocket_op_with_the_database_down_gets_unavailable() -> None:

@@ -1,4 +1,5 @@
-"""The edge's limits on their own: login lockout and backoff, verification slots, frames."""
+"""The edge's limits on their own: login lockout and backoff, verification slots, frames,
+requests and connections per client, and the outgoing queue's byte bound."""
 
 from __future__ import annotations
 
@@ -6,9 +7,18 @@ import asyncio
 from typing import Any
 
 import pytest
-from cam_edge.limits import BodyLimitMiddleware, HttpRefusal, LoginGuard, check_frame
+from cam_edge.limits import (
+    BodyLimitMiddleware,
+    ConnectionCounts,
+    HttpRefusal,
+    LoginGuard,
+    RateLimited,
+    RequestLimiter,
+    check_frame,
+)
+from cam_edge.outgoing import Outgoing
 
-from camcore import errors
+from camcore import errors, protocol
 from camcore.errors import CamError
 
 
@@ -169,3 +179,98 @@ async def test_a_body_that_stops_arriving_gets_408_after_the_timeout():
     status, body, _ = await run_asgi(limited, [(b"content-length", b"100")], [b"x" * 10],
                                      stall=True)
     assert status == 408 and b"request_timeout" in body
+
+
+# ---------------------------------------------------------------- WebSockets
+
+
+def test_requests_per_connection_are_limited_each_on_its_own_with_a_retry_hint():
+    limiter = RequestLimiter(5, 10)
+    for _ in range(5):
+        limiter.hit("a")
+    with pytest.raises(RateLimited) as exc:
+        limiter.hit("a")
+    assert exc.value.code == "rate_limited" and 0 < exc.value.retry_after <= 10
+    limiter.hit("b")  # another connection has its own budget
+    limiter.forget("a")  # a closed connection's count goes
+    limiter.hit("a")
+
+
+def test_connection_counts_are_capped_per_address_and_per_user_and_given_back():
+    counts = ConnectionCounts(per_address=2, per_user=1)
+    assert counts.open_address("192.0.2.1") and counts.open_address("192.0.2.1")
+    assert not counts.open_address("192.0.2.1")
+    assert counts.open_address("192.0.2.2")
+    counts.close_address("192.0.2.1")
+    assert counts.open_address("192.0.2.1")
+    assert counts.open_user(7) and not counts.open_user(7) and counts.open_user(8)
+    counts.close_user(7)
+    assert counts.open_user(7)
+    counts.close_user(9)  # never opened: nothing to give back, and no negative count
+    assert counts.open_user(9) and not counts.open_user(9)
+
+
+class StalledSocket:
+    """A client that never reads: every send waits forever after the first."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.closed: list[int] = []
+        self._never = asyncio.Event()
+
+    async def send_text(self, text: str) -> None:
+        self.sent.append(text)
+        if len(self.sent) > 1:
+            await self._never.wait()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        self.closed.append(code)
+
+
+async def test_the_outgoing_queue_is_bounded_in_bytes_whatever_its_frame_count():
+    ws = StalledSocket()
+    out = Outgoing(ws, 10_000, 1 << 20)  # type: ignore[arg-type]
+    writer = out.start()
+    frame = "\U0001d11e" * 16_000  # 64 KB of memory each (four bytes per character)
+    pushed = 0
+    while out.close_code is None:
+        out.push(frame)
+        pushed += 1
+        assert out.queued_bytes <= 1 << 20
+        await asyncio.sleep(0)
+    assert out.close_code == protocol.CLOSE_RESUME
+    assert pushed <= 18  # 1 MiB of 64 KB frames, and the two the socket took
+    assert out.queued_bytes == 0  # a client closed as too slow has its queue dropped
+    writer.cancel()
+
+
+async def test_a_replay_waits_for_room_in_bytes_and_resumes_as_the_client_reads():
+    sent: list[str] = []
+    gate = asyncio.Event()
+
+    class SlowSocket:
+        async def send_text(self, text: str) -> None:
+            await gate.wait()
+            sent.append(text)
+
+        async def close(self, code: int = 1000, reason: str = "") -> None:
+            pass
+
+    out = Outgoing(SlowSocket(), 10_000, 1 << 20)  # type: ignore[arg-type]
+    writer = out.start()
+    frame = "x" * 100_000
+    async def replay_all() -> None:
+        for _ in range(20):
+            await out.put(frame)
+
+    replay = asyncio.create_task(replay_all())
+    await asyncio.sleep(0.05)
+    assert not replay.done()
+    assert out.queued_bytes <= (1 << 20) // 2 + len(frame) + 100  # half, for replies
+    out.push("reply")  # a reply still fits
+    gate.set()
+    await asyncio.wait_for(replay, 5)
+    assert out.close_code is None and len(sent) >= 1
+    out.close(protocol.CLOSE_NORMAL, "done")
+    await asyncio.wait_for(writer, 5)
+    assert sent.count(frame) == 20 and "reply" in sent

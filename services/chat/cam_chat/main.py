@@ -13,7 +13,9 @@ from .service import ChatService
 async def serve(settings: Settings) -> None:
     await serve_replica(
         settings, "chat", subjects.CHAT_RPC, subjects.CHAT_QUEUE,
-        lambda pool, nc: ChatService(pool, nc, max_message_chars=settings.max_message_chars),
+        lambda pool, nc: ChatService(pool, nc, max_message_chars=settings.max_message_chars,
+                                     rooms_per_hour=settings.rooms_per_hour,
+                                     max_room_members=settings.max_room_members),
         pool_size=20)
 
 

@@ -9,6 +9,7 @@ so publishing a retried message again is harmless.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from datetime import datetime
 from typing import Any
@@ -16,11 +17,34 @@ from typing import Any
 import asyncpg
 from nats.aio.client import Client as NATS
 
-from camcore import errors, subjects, wire
+from camcore import audit, errors, subjects, wire
 from camcore.errors import CamError, RequestError
 from camcore.service import ReplicaBase
 
 NOT_A_MEMBER = "not a member of this room (or no such room)"
+NO_SUCH_ROOM = "no such room"
+
+
+def blocked_message(names: list[str]) -> str:
+    """The refusal a blocked user gets (``forbidden``), naming who blocked them."""
+    verb = "does" if len(names) == 1 else "do"
+    return f"{', '.join(names)} {verb} not accept direct messages or invitations from you"
+
+
+def rooms_rate_message(limit: int, wait: float) -> str:
+    """The refusal of one room too many within the hour (``rate_limited``)."""
+    return (f"at most {limit} new rooms per hour (cam.roomsPerHour); "
+            f"retry in {max(1, math.ceil(wait))} s")
+
+
+def members_over_limit(current: int, adding: int, limit: int) -> str | None:
+    """Why ``adding`` members cannot join a room of ``current`` (``limit_reached``), or
+    None when they fit. All or nothing: a request that does not fit adds nobody."""
+    if adding == 0 or current + adding <= limit:
+        return None
+    room = f"the room has {current} members; " if current else ""
+    return (f"{room}{adding} more would exceed the limit of {limit} members per room "
+            f"(cam.maxRoomMembers)")
 
 
 def _ms(ts: datetime) -> int:
@@ -39,8 +63,10 @@ def _room(row: asyncpg.Record) -> dict[str, Any]:
 
 _ROOM_SELECT = (
     "SELECT r.id, r.kind, r.last_seq,"
-    " CASE WHEN r.kind = 'direct' THEN coalesce((SELECT u.display_name FROM room_members o"
-    "   JOIN users u ON u.id = o.user_id WHERE o.room_id = r.id AND o.user_id <> $1 LIMIT 1),"
+    # The peer of a direct room from its key: it stays named after one of the two left.
+    " CASE WHEN r.kind = 'direct' THEN coalesce((SELECT u.display_name FROM users u"
+    "   WHERE u.id IN (split_part(r.direct_key, ':', 1)::bigint,"
+    "                  split_part(r.direct_key, ':', 2)::bigint) AND u.id <> $1 LIMIT 1),"
     "   r.name) ELSE r.name END AS name,"
     " (SELECT count(*) FROM room_members c WHERE c.room_id = r.id) AS members"
     " FROM rooms r JOIN room_members m ON m.room_id = r.id AND m.user_id = $1"
@@ -48,11 +74,15 @@ _ROOM_SELECT = (
 
 
 class ChatService(ReplicaBase):
-    def __init__(self, pool: asyncpg.Pool, nc: NATS, *, max_message_chars: int) -> None:
+    def __init__(self, pool: asyncpg.Pool, nc: NATS, *, max_message_chars: int,
+                 rooms_per_hour: int = 60, max_room_members: int = 10_000) -> None:
         self.pool = pool
         self.nc = nc
         self.max_message_chars = max_message_chars
+        self.rooms_per_hour = rooms_per_hour
+        self.max_room_members = max_room_members
         self._names: dict[int, str] = {}
+        self._kinds: dict[int, str] = {}  # a room's kind never changes
 
     def handlers(self) -> dict[str, tuple[type[Any], Any]]:
         return {
@@ -65,6 +95,13 @@ class ChatService(ReplicaBase):
             "members": (wire.Members, self.members),
             "room_info": (wire.RoomInfo, self.room_info),
             "room_heads": (wire.RoomHeads, self.room_heads),
+            "leave": (wire.Leave, self.leave),
+            "block": (wire.Block, self.block),
+            "unblock": (wire.Unblock, self.unblock),
+            "blocks": (wire.Blocks, self.blocks),
+            "admin_remove_member": (wire.AdminRemoveMember, self.admin_remove_member),
+            "admin_delete_room": (wire.AdminDeleteRoom, self.admin_delete_room),
+            "admin_delete_message": (wire.AdminDeleteMessage, self.admin_delete_message),
         }
 
     # ------------------------------------------------------------ helpers
@@ -107,10 +144,13 @@ class ChatService(ReplicaBase):
         if row is None:
             raise CamError(NOT_A_MEMBER, errors.NOT_A_MEMBER)
         if row["duplicate"] and kind == "text":
-            stored = await conn.fetchval(
-                "SELECT body FROM messages WHERE room_id = $1 AND seq = $2", room, row["seq"]
+            stored = await conn.fetchrow(
+                "SELECT kind, body FROM messages WHERE room_id = $1 AND seq = $2", room, row["seq"]
             )
-            if stored != body:
+            if stored["kind"] == "deleted":
+                # Stored, then deleted by an admin: acknowledge it, never publish it again.
+                kind, body = "deleted", ""
+            elif stored["body"] != body:
                 raise CamError(
                     f"client message id {cid!r} was already used for another message",
                     errors.CONFLICT,
@@ -120,6 +160,108 @@ class ChatService(ReplicaBase):
             sender_name=await self._user_name(conn, sender), kind=kind, body=body,
             ts=_ms(row["created_at"]),
         )
+
+    async def _post_system(self, conn: asyncpg.Connection, room: int, actor: int,
+                           event: dict[str, Any]) -> wire.Message:
+        """Store a system message by ``actor``, who need not be a member (an admin).
+
+        Call it in the transaction that made the change, with the room row locked: the
+        seq bump and the insert commit or roll back with it, so the sequence stays
+        gap-free.
+        """
+        cid, body = f"sys:{uuid.uuid4()}", json.dumps(event)
+        row = await conn.fetchrow(
+            "WITH r AS (UPDATE rooms SET last_seq = last_seq + 1 WHERE id = $1"
+            " RETURNING last_seq)"
+            " INSERT INTO messages (room_id, seq, cid, sender_id, kind, body)"
+            " SELECT $1, r.last_seq, $2, $3, 'system', $4 FROM r RETURNING seq, created_at",
+            room, cid, actor, body,
+        )
+        if row is None:
+            raise CamError(NO_SUCH_ROOM, errors.NOT_A_MEMBER)
+        return wire.Message(
+            room=room, seq=row["seq"], cid=cid, sender=actor,
+            sender_name=await self._user_name(conn, actor), kind="system", body=body,
+            ts=_ms(row["created_at"]),
+        )
+
+    @staticmethod
+    async def _lock_room(conn: asyncpg.Connection, room: int) -> str | None:
+        """Lock a live room's row for the rest of the transaction; its kind, or None.
+
+        The lock orders every membership change of the room (and its senders), so the
+        member count one change checks is not changed under it by another.
+        """
+        kind: str | None = await conn.fetchval(
+            "SELECT kind FROM rooms WHERE id = $1 AND deleted_at IS NULL FOR UPDATE", room)
+        return kind
+
+    @staticmethod
+    async def _refuse_blocked(conn: asyncpg.Connection, caller: int, users: list[int]) -> None:
+        """``forbidden`` if any of ``users`` blocked ``caller``."""
+        if not users:
+            return
+        rows = await conn.fetch(
+            "SELECT u.username FROM user_blocks b JOIN users u ON u.id = b.blocker_id"
+            " WHERE b.blocked_id = $1 AND b.blocker_id = ANY($2::bigint[]) ORDER BY u.username",
+            caller, users,
+        )
+        if rows:
+            raise CamError(blocked_message([r["username"] for r in rows]), errors.FORBIDDEN)
+
+    async def _refuse_blocked_send(self, conn: asyncpg.Connection, req: wire.SendMessage) -> None:
+        """``forbidden`` for a new message into a direct room whose other member blocked
+        the sender (a retry of a message stored before the block is still answered)."""
+        kind = self._kinds.get(req.room)
+        if kind is None:
+            kind = await conn.fetchval("SELECT kind FROM rooms WHERE id = $1", req.room)
+            if kind is None:
+                return  # cam_post_message answers not_a_member
+            if len(self._kinds) > 100_000:
+                self._kinds.clear()
+            self._kinds[req.room] = kind
+        if kind != "direct":
+            return
+        blocker = await conn.fetchval(
+            "SELECT u.username FROM room_members m"
+            " JOIN room_members o ON o.room_id = m.room_id AND o.user_id <> m.user_id"
+            " JOIN user_blocks b ON b.blocker_id = o.user_id AND b.blocked_id = m.user_id"
+            " JOIN users u ON u.id = o.user_id"
+            " WHERE m.room_id = $1 AND m.user_id = $2 AND NOT EXISTS (SELECT 1 FROM messages s"
+            "   WHERE s.room_id = $1 AND s.sender_id = $2 AND s.cid = $3)",
+            req.room, req.user_id, req.cid,
+        )
+        if blocker is not None:
+            raise CamError(blocked_message([blocker]), errors.FORBIDDEN)
+
+    async def _check_room_rate(self, conn: asyncpg.Connection, user_id: int) -> None:
+        """``rate_limited`` if the user created ``rooms_per_hour`` rooms within the hour.
+
+        Counted from the store, so every replica agrees; the user's row lock orders
+        the user's concurrent creations, so none slips past the count.
+        """
+        await conn.execute("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE", user_id)
+        # The rooms_per_hour-th newest room of the hour: once it is an hour old, the
+        # user is under the limit again.
+        wait = await conn.fetchval(
+            "SELECT extract(epoch FROM created_at + interval '1 hour' - now())::float8"
+            " FROM rooms WHERE created_by = $1 AND created_at > now() - interval '1 hour'"
+            " ORDER BY created_at DESC OFFSET $2 LIMIT 1",
+            user_id, self.rooms_per_hour - 1,
+        )
+        if wait is not None:
+            raise CamError(rooms_rate_message(self.rooms_per_hour, wait), errors.RATE_LIMITED)
+
+    def _check_members(self, current: int, adding: int) -> None:
+        refusal = members_over_limit(current, adding, self.max_room_members)
+        if refusal is not None:
+            raise CamError(refusal, errors.LIMIT_REACHED)
+
+    async def _publish_room_removed(self, user_ids: list[int], room: int) -> None:
+        """Tell the users' edges to stop delivering ``room`` to them (``room_removed``)."""
+        event = wire.encode({"type": "room_removed", "room": room})
+        for uid in user_ids:
+            await self.nc.publish(subjects.user_events(uid), event)
 
     async def _publish_message(self, msg: wire.Message) -> None:
         await self.nc.publish(subjects.room_events(msg.room), wire.encode(msg))
@@ -137,6 +279,10 @@ class ChatService(ReplicaBase):
     async def create_room(self, req: wire.CreateRoom) -> dict[str, Any]:
         async with self.pool.acquire() as conn, conn.transaction():
             ids = await self._user_ids(conn, req.members) if req.members else {}
+            others = sorted(set(ids.values()) - {req.user_id})
+            self._check_members(0, len(others) + 1)
+            await self._refuse_blocked(conn, req.user_id, others)
+            await self._check_room_rate(conn, req.user_id)
             room = await conn.fetchval(
                 "INSERT INTO rooms (kind, name, created_by) VALUES ('group', $1, $2) RETURNING id",
                 req.name, req.user_id,
@@ -162,33 +308,50 @@ class ChatService(ReplicaBase):
                 raise RequestError("a direct room needs another user")
             key = f"{min(peer, req.user_id)}:{max(peer, req.user_id)}"
             async with conn.transaction():
-                room = await conn.fetchval(
-                    "INSERT INTO rooms (kind, name, direct_key, created_by)"
-                    " VALUES ('direct', $1, $2, $3) ON CONFLICT (direct_key) DO NOTHING RETURNING id",
-                    "direct", key, req.user_id,
-                )
-                if room is not None:
-                    await conn.executemany(
-                        "INSERT INTO room_members (room_id, user_id) VALUES ($1, $2)",
-                        [(room, req.user_id), (room, peer)],
-                    )
-            if room is None:
+                await self._refuse_blocked(conn, req.user_id, [peer])
                 room = await conn.fetchval("SELECT id FROM rooms WHERE direct_key = $1", key)
-            else:
-                await self._publish_room_added([req.user_id, peer], room)
+                if room is None:
+                    await self._check_room_rate(conn, req.user_id)
+                    room = await conn.fetchval(
+                        "INSERT INTO rooms (kind, name, direct_key, created_by)"
+                        " VALUES ('direct', $1, $2, $3) ON CONFLICT (direct_key) DO NOTHING"
+                        " RETURNING id",
+                        "direct", key, req.user_id,
+                    )
+                if room is None:  # a concurrent open_direct of the pair made it
+                    room = await conn.fetchval("SELECT id FROM rooms WHERE direct_key = $1", key)
+                # Both users are members of their direct room: one who left comes back.
+                rows = await conn.fetch(
+                    "INSERT INTO room_members (room_id, user_id) SELECT $1, unnest($2::bigint[])"
+                    " ON CONFLICT DO NOTHING RETURNING user_id",
+                    room, [req.user_id, peer],
+                )
+            added = sorted(r["user_id"] for r in rows)
+            if added:
+                await self._publish_room_added(added, room)
         return await self.room_info(wire.RoomInfo(user_id=req.user_id, room=room))
 
     async def invite(self, req: wire.Invite) -> dict[str, Any]:
         async with self.pool.acquire() as conn, conn.transaction():
             await self._require_member(conn, req.room, req.user_id)
-            kind = await conn.fetchval("SELECT kind FROM rooms WHERE id = $1", req.room)
+            kind = await self._lock_room(conn, req.room)
+            if kind is None:
+                raise CamError(NOT_A_MEMBER, errors.NOT_A_MEMBER)
             if kind == "direct":
                 raise RequestError("members cannot be added to a direct room")
             ids = await self._user_ids(conn, req.users)
+            present = {r["user_id"] for r in await conn.fetch(
+                "SELECT user_id FROM room_members WHERE room_id = $1 AND user_id = ANY($2::bigint[])",
+                req.room, list(ids.values()))}
+            new = sorted(set(ids.values()) - present)
+            await self._refuse_blocked(conn, req.user_id, new)
+            count = await conn.fetchval(
+                "SELECT count(*) FROM room_members WHERE room_id = $1", req.room)
+            self._check_members(count, len(new))
             rows = await conn.fetch(
                 "INSERT INTO room_members (room_id, user_id) SELECT $1, unnest($2::bigint[])"
                 " ON CONFLICT DO NOTHING RETURNING user_id",
-                req.room, list(ids.values()),
+                req.room, new,
             )
             added = sorted(r["user_id"] for r in rows)
             names = sorted(n for n, i in ids.items() if i in added)
@@ -235,6 +398,7 @@ class ChatService(ReplicaBase):
         if not req.body.strip():
             raise RequestError("message body is empty")
         async with self.pool.acquire() as conn:
+            await self._refuse_blocked_send(conn, req)
             msg = await self._post(conn, req.room, req.user_id, req.cid, "text", req.body)
         await self._publish_message(msg)
         return {"room": msg.room, "seq": msg.seq, "cid": msg.cid, "ts": msg.ts}
@@ -285,3 +449,130 @@ class ChatService(ReplicaBase):
                 req.room,
             )
         return {"room": req.room, "members": [dict(r) for r in rows]}
+
+    # ------------------------------------------------------------ membership
+
+    async def leave(self, req: wire.Leave) -> dict[str, Any]:
+        """The caller leaves a room (a direct one too: the peer keeps it)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self._require_member(conn, req.room, req.user_id)
+            await self._lock_room(conn, req.room)
+            left = await conn.fetchval(
+                "DELETE FROM room_members WHERE room_id = $1 AND user_id = $2 RETURNING true",
+                req.room, req.user_id)
+            if not left:  # a concurrent leave, or the room was deleted meanwhile
+                raise CamError(NOT_A_MEMBER, errors.NOT_A_MEMBER)
+            name = await self._user_name(conn, req.user_id)
+            event = await self._post_system(conn, req.room, req.user_id,
+                                            {"event": "member_left", "users": [name]})
+        await self._publish_message(event)
+        await self._publish_room_removed([req.user_id], req.room)
+        return {"room": req.room, "seq": event.seq}
+
+    async def block(self, req: wire.Block) -> dict[str, Any]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            target = (await self._user_ids(conn, [req.user]))[req.user]
+            if target == req.user_id:
+                raise RequestError("you cannot block yourself")
+            # The caller's row lock orders their concurrent blocks for the count.
+            await conn.execute("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE", req.user_id)
+            known = await conn.fetchval(
+                "SELECT true FROM user_blocks WHERE blocker_id = $1 AND blocked_id = $2",
+                req.user_id, target)
+            if not known:
+                count = await conn.fetchval(
+                    "SELECT count(*) FROM user_blocks WHERE blocker_id = $1", req.user_id)
+                if count >= wire.MAX_BLOCKS:
+                    raise CamError(f"you have blocked {count} users, the most there can be; "
+                                   "unblock some first", errors.LIMIT_REACHED)
+                await conn.execute(
+                    "INSERT INTO user_blocks (blocker_id, blocked_id) VALUES ($1, $2)",
+                    req.user_id, target)
+        return {"user": req.user, "blocked": True}
+
+    async def unblock(self, req: wire.Unblock) -> dict[str, Any]:
+        async with self.pool.acquire() as conn:
+            target = (await self._user_ids(conn, [req.user]))[req.user]
+            await conn.execute(
+                "DELETE FROM user_blocks WHERE blocker_id = $1 AND blocked_id = $2",
+                req.user_id, target)
+        return {"user": req.user, "blocked": False}
+
+    async def blocks(self, req: wire.Blocks) -> dict[str, Any]:
+        rows = await self.pool.fetch(
+            "SELECT u.username FROM user_blocks b JOIN users u ON u.id = b.blocked_id"
+            " WHERE b.blocker_id = $1 ORDER BY u.username", req.user_id)
+        return {"users": [r["username"] for r in rows]}
+
+    # ------------------------------------------------------------ moderation (admins)
+
+    async def admin_remove_member(self, req: wire.AdminRemoveMember) -> dict[str, Any]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await audit.require_admin(conn, req.user_id)
+            if await self._lock_room(conn, req.room) is None:
+                raise CamError(NO_SUCH_ROOM, errors.NOT_A_MEMBER)
+            target = (await self._user_ids(conn, [req.user]))[req.user]
+            removed = await conn.fetchval(
+                "DELETE FROM room_members WHERE room_id = $1 AND user_id = $2 RETURNING true",
+                req.room, target)
+            if not removed:
+                raise CamError(f"{req.user} is not a member of room {req.room}",
+                               errors.NOT_A_MEMBER)
+            admin = await self._user_name(conn, req.user_id)
+            event = await self._post_system(
+                conn, req.room, req.user_id,
+                {"event": "member_removed", "users": [req.user], "by": admin})
+            await audit.record(conn, req.user_id, "remove_member", room=req.room, user=target,
+                              seq=event.seq, detail={"username": req.user})
+        await self._publish_message(event)
+        await self._publish_room_removed([target], req.room)
+        return {"room": req.room, "user": req.user, "seq": event.seq}
+
+    async def admin_delete_message(self, req: wire.AdminDeleteMessage) -> dict[str, Any]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await audit.require_admin(conn, req.user_id)
+            if await self._lock_room(conn, req.room) is None:
+                raise CamError(NO_SUCH_ROOM, errors.NOT_A_MEMBER)
+            stored = await conn.fetchrow(
+                "SELECT kind, sender_id FROM messages WHERE room_id = $1 AND seq = $2",
+                req.room, req.seq)
+            if stored is None:
+                raise RequestError(f"room {req.room} has no message {req.seq}")
+            if stored["kind"] == "deleted":
+                raise RequestError(f"message {req.seq} is already deleted")
+            if stored["kind"] == "system":
+                raise RequestError("system messages cannot be deleted")
+            # The row stays, so the sequence stays gap-free: only its content goes.
+            await conn.execute(
+                "UPDATE messages SET kind = 'deleted', body = '' WHERE room_id = $1 AND seq = $2",
+                req.room, req.seq)
+            event = await self._post_system(conn, req.room, req.user_id,
+                                            {"event": "message_deleted", "seq": req.seq})
+            await audit.record(conn, req.user_id, "delete_message", room=req.room,
+                              user=stored["sender_id"], seq=req.seq,
+                              detail={"kind": stored["kind"], "event_seq": event.seq})
+        await self._publish_message(event)
+        return {"room": req.room, "seq": req.seq, "event_seq": event.seq}
+
+    async def admin_delete_room(self, req: wire.AdminDeleteRoom) -> dict[str, Any]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await audit.require_admin(conn, req.user_id)
+            kind = await self._lock_room(conn, req.room)
+            if kind is None:
+                raise CamError(NO_SUCH_ROOM, errors.NOT_A_MEMBER)
+            event = await self._post_system(conn, req.room, req.user_id,
+                                            {"event": "room_deleted"})
+            await conn.execute(
+                "UPDATE messages SET kind = 'deleted', body = ''"
+                " WHERE room_id = $1 AND seq < $2 AND kind <> 'deleted'", req.room, event.seq)
+            members = [r["user_id"] for r in await conn.fetch(
+                "DELETE FROM room_members WHERE room_id = $1 RETURNING user_id", req.room)]
+            # The pair of a deleted direct room can open a new one.
+            name = await conn.fetchval(
+                "UPDATE rooms SET deleted_at = now(), direct_key = NULL WHERE id = $1"
+                " RETURNING name", req.room)
+            await audit.record(conn, req.user_id, "delete_room", room=req.room, seq=event.seq,
+                              detail={"name": name, "kind": kind, "members": len(members)})
+        await self._publish_message(event)
+        await self._publish_room_removed(sorted(members), req.room)
+        return {"room": req.room, "seq": event.seq, "members": len(members)}

@@ -34,7 +34,13 @@ from .context import Edge
 from .forwarded import ForwardedMiddleware
 from .health import HealthProbe
 from .hub import Hub
-from .limits import BodyLimitMiddleware, HttpRefusal, LoginGuard
+from .limits import (
+    BodyLimitMiddleware,
+    ConnectionCounts,
+    HttpRefusal,
+    LoginGuard,
+    RequestLimiter,
+)
 from .presence import PresenceAgent, PresenceWatch
 
 log = logging.getLogger(__name__)
@@ -45,6 +51,11 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 class Credentials(msgspec.Struct, forbid_unknown_fields=True):
     username: str
     password: str
+
+
+class PasswordChange(msgspec.Struct, forbid_unknown_fields=True):
+    current: str
+    new: str
 
 
 NO_STORE = {"cache-control": "no-store"}
@@ -133,7 +144,12 @@ def create_app(settings: Settings) -> Starlette:
             raise
         edge = Edge(settings=settings, nc=nc, pool=pool, hub=Hub(nc),
                     presence=PresenceAgent(nc, settings.node_name, settings.heartbeat_interval),
-                    watch=PresenceWatch(nc, settings.node_timeout))
+                    watch=PresenceWatch(nc, settings.node_timeout,
+                                        max_users=settings.watch_per_edge),
+                    requests=RequestLimiter(settings.request_rate_limit,
+                                            settings.request_rate_window),
+                    counts=ConnectionCounts(per_address=settings.max_connections_per_address,
+                                            per_user=settings.max_connections_per_user))
         state["edge"] = edge
         state["health"] = HealthProbe(edge)
         try:
@@ -148,6 +164,8 @@ def create_app(settings: Settings) -> Starlette:
                 loops.start("presence watch refresh", edge.watch.run)
                 loops.start("repair check", every(settings.repair_interval,
                                                   functools.partial(repair_check, edge)))
+                loops.start("session check", every(settings.session_recheck_interval,
+                                                   functools.partial(session_check, edge)))
                 log.info("edge %s ready", settings.node_name)
                 try:
                     yield
@@ -219,6 +237,31 @@ def create_app(settings: Settings) -> Starlette:
         response.delete_cookie(protocol.SESSION_COOKIE, path="/")
         return response
 
+    async def change_password(request: Request) -> Response:
+        """The caller's new password; every other session of theirs is revoked."""
+        check_state_change(settings, request)
+        token = request_token(request)
+        user = await accounts.resolve_session(edge().pool, token) if token else None
+        if user is None or token is None:
+            raise CamError("not logged in", errors.UNAUTHENTICATED)
+        change = await read_json(request, PasswordChange)
+        client = request.client.host if request.client else None
+        # Guessing the current password is guessing a password: the login limits apply.
+        guard.check(user.username, client)
+        async with guard.slot():
+            ok = await accounts.verify_password(edge().pool, user.id, change.current)
+        if not ok:
+            guard.failed(user.username, client)
+            log.warning("failed password change user=%r client=%s", user.username, client)
+            raise CamError("the current password is wrong", errors.BAD_CREDENTIALS)
+        revoked = await accounts.set_password(edge().pool, user.id, change.new, keep=token)
+        log.info("password changed user=%r client=%s; %d other sessions revoked",
+                 user.username, client, len(revoked))
+        with contextlib.suppress(Exception):  # the session check closes them anyway
+            await edge().revoked(user.id, revoked)
+        return JSONResponse({"changed": True, "revoked_sessions": len(revoked)},
+                            headers=NO_STORE)
+
     async def cluster_view(request: Request) -> Response:
         await require_monitor(request)
         view = await bus.call(edge().nc, subjects.HEALTH_CLUSTER, wire.Empty(), timeout=2)
@@ -268,15 +311,27 @@ def create_app(settings: Settings) -> Starlette:
         if edge().draining:
             await ws.close(code=protocol.CLOSE_RECONNECT_ELSEWHERE)
             return
-        await ws.accept()
-        conn = Connection(ws, edge(), ws.cookies.get(protocol.SESSION_COOKIE))
-        await conn.run()
+        address = ws.client.host if ws.client else "?"
+        counts = edge().counts
+        if not counts.open_address(address):
+            log.warning("refused WebSocket: %d open from client=%s", counts.per_address, address)
+            await ws.accept()
+            await ws.close(code=protocol.CLOSE_TOO_MANY_CONNECTIONS,
+                           reason="too many connections from this address")
+            return
+        try:
+            await ws.accept()
+            conn = Connection(ws, edge(), ws.cookies.get(protocol.SESSION_COOKIE))
+            await conn.run()
+        finally:
+            counts.close_address(address)
 
     routes = [
         Route("/CAMServer/healthCheck", health, methods=["GET", "HEAD"]),
         Route("/api/login", rest(login), methods=["POST"]),
         Route("/api/logout", rest(logout), methods=["POST"]),
         Route("/api/me", rest(me), methods=["GET"]),
+        Route("/api/password", rest(change_password), methods=["POST"]),
         Route("/api/cluster", rest(cluster), methods=["GET"]),
         Route("/api/cluster/view", rest(cluster_view), methods=["GET"]),
         WebSocketRoute("/ws", websocket),
@@ -287,6 +342,29 @@ def create_app(settings: Settings) -> Starlette:
                    timeout=settings.http_header_timeout)])
     app.state.cam = state
     return app
+
+
+async def session_check(edge: Edge) -> None:
+    """Close every WebSocket whose session expired or was revoked.
+
+    Logout and revocation also close sockets at once through ``cam.user.<id>.session``;
+    this catches expiry, and any revocation whose event was lost.
+    """
+    by_digest: dict[bytes, list[Connection]] = {}
+    for conn in list(edge.connections):
+        if conn.token_digest is not None and conn.close_code is None:
+            by_digest.setdefault(conn.token_digest, []).append(conn)
+    if not by_digest:
+        return
+    try:
+        live = await accounts.live_sessions(edge.pool, list(by_digest))
+    except Exception as exc:  # noqa: BLE001 - a database outage closes nobody
+        log.debug("session check skipped: %s", exc)
+        return
+    for digest, conns in by_digest.items():
+        if digest not in live:
+            for conn in conns:
+                conn.close(protocol.CLOSE_SESSION_REVOKED, "session expired or revoked")
 
 
 async def repair_check(edge: Edge) -> None:

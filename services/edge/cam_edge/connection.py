@@ -23,7 +23,7 @@ from camcore.errors import CamError, RequestError
 from . import limits
 from .context import Edge
 from .cursors import Cursor, Verdict, repair
-from .hub import message_frame
+from .hub import EVERYONE, message_frame
 from .ops import OPS, Op
 from .ops.conference import Conferences
 from .outgoing import Outgoing
@@ -75,9 +75,12 @@ class Connection:
         self.edge = edge
         self.cookie_token = session_token
         self.token: str | None = None
+        self.token_digest: bytes | None = None
+        """SHA-256 of the session token, as stored: what the session check looks up."""
         self.user: User | None = None
         self.session_id = new_session_id()
-        self.out = Outgoing(ws, edge.settings.outgoing_queue_frames)
+        self.out = Outgoing(ws, edge.settings.outgoing_queue_frames,
+                            edge.settings.outgoing_queue_bytes)
         self.cursors: dict[int, Cursor] = {}
         self.watching: set[int] = set()
         self.typing_sent: dict[int, float] = {}
@@ -160,6 +163,7 @@ class Connection:
             raw = parse_frame(text)
             request_id = request_id_of(raw)
             name = raw["op"][:40]
+            self.edge.requests.hit(self._key)
             op, frame = frame_of(raw)
             if self.user is None and not op.anonymous:
                 raise CamError("authenticate first (op 'auth')", errors.UNAUTHENTICATED)
@@ -169,8 +173,11 @@ class Connection:
             failed = errors.report(log, f"op {name}", exc)
             if failed.code in _BAD_FRAME_CODES:
                 self._bad_frames += 1
-            self.send_json({"op": "error", "id": request_id, "code": failed.code,
-                            "message": failed.message})
+            reply: dict[str, Any] = {"op": "error", "id": request_id, "code": failed.code,
+                                     "message": failed.message}
+            if isinstance(exc, limits.RateLimited):
+                reply["retry_after"] = exc.retry_after
+            self.send_json(reply)
             if self._bad_frames >= protocol.BAD_FRAMES_BEFORE_CLOSE:
                 self.close(protocol.CLOSE_POLICY, "too many invalid frames")
         finally:
@@ -178,14 +185,21 @@ class Connection:
             for callback in callbacks:
                 callback()
 
+    @property
+    def _key(self) -> str:
+        return str(self.session_id)
+
     def authenticated(self, user: User, token: str) -> None:
         self.user, self.token = user, token
+        self.token_digest = accounts.token_digest(token)
         self.out.client = user.username
         self.edge.presence.add(self.session_id, user.id)
 
     async def _release(self) -> None:
+        self.edge.requests.forget(self._key)
         if self.user is None:
             return
+        self.edge.counts.close_user(self.user.id)
         self.edge.presence.remove(self.session_id)
         await self.confs.leave_all()
         if self.watching:
@@ -247,16 +261,28 @@ class Connection:
                 if cursor is not None and cursor.expect(head):
                     self.start_repair(room)
 
-    def offer(self, room: int, seq: int, frame: str) -> None:
-        """A live event: deliver it now if it is the next one, else hold it for repair."""
+    def offer(self, room: int, seq: int, frame: str,
+              leaving: frozenset[str] | None = None) -> None:
+        """A live event: deliver it now if it is the next one, else hold it for repair.
+
+        ``leaving`` names the users the event takes out of the room (``hub.leaving``):
+        if this user is one, the room is no longer delivered here, whether or not its
+        ``room_removed`` event comes. A re-added user's cursor starts after the event,
+        which then is a duplicate and changes nothing.
+        """
         cursor = self.cursors.get(room)
         if cursor is None:
             return
         verdict = cursor.offer(seq, frame)
         if verdict is Verdict.DELIVER:
             self.push(frame)  # a full queue here means the client cannot keep up
-        if verdict is not Verdict.DUPLICATE:
-            self.start_repair(room)
+        if verdict is Verdict.DUPLICATE:
+            return
+        if leaving is not None and self.user is not None and (
+                leaving is EVERYONE or self.user.username in leaving):
+            self.forget_room(room)
+            return
+        self.start_repair(room)
 
     def behind(self, room: int, head: int) -> None:
         """The store had ``head`` for this room at the last check and has it now."""
@@ -273,9 +299,46 @@ class Connection:
                    f"gap repair in room {room}")
 
     async def _history(self, room: int, after: int) -> list[wire.Message]:
-        page = await self.edge.chat("history", wire.History(
-            user_id=self.uid, room=room, after=after, limit=protocol.REPAIR_PAGE))
+        try:
+            page = await self.edge.chat("history", wire.History(
+                user_id=self.uid, room=room, after=after, limit=protocol.REPAIR_PAGE))
+        except CamError as exc:
+            if exc.code == errors.NOT_A_MEMBER:
+                # The user left or was removed and its room_removed event was lost: stop
+                # delivering the room rather than retry this repair forever.
+                log.info("user %s is no longer in room %s: not delivering it", self.uid, room)
+                self.forget_room(room)
+            raise
         return [wire.Message(**m) for m in page["messages"]]
+
+    # ------------------------------------------------------------ membership changes
+
+    #: Unsubscriptions under way; not the connection's tasks, so its close cannot cancel
+    #: one before it ran (which would leave the hub subscribed for a closed connection).
+    _leaving: set[asyncio.Task[None]] = set()
+
+    def forget_room(self, room: int) -> bool:
+        """Stop delivering ``room``: the user is no longer a member. The client is told
+        with ``room_removed``; False (and nothing sent) if the room was not tracked."""
+        if self.cursors.pop(room, None) is None:
+            return False
+        self.typing_sent.pop(room, None)
+        task = asyncio.get_running_loop().create_task(self._unsubscribe_room(room))
+        Connection._leaving.add(task)
+        task.add_done_callback(self._unsubscribed)
+        self.send_json({"op": "room_removed", "room": room})
+        return True
+
+    async def _unsubscribe_room(self, room: int) -> None:
+        await self.edge.hub.leave_room(room, self)
+        if room in self.cursors:  # added again meanwhile (room_added): keep delivering it
+            await self.edge.hub.join_room(room, self)
+
+    @staticmethod
+    def _unsubscribed(task: asyncio.Task[None]) -> None:
+        Connection._leaving.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            errors.report(log, "leaving a room's subject", exc)
 
     # ------------------------------------------------------------ events (hub.Listener)
 
@@ -298,6 +361,8 @@ class Connection:
             self.send_json({"op": "room_added", "room": room})
             if room["id"] not in self.cursors:
                 self.spawn(self.track(room["id"], room["last_seq"]), f"tracking room {room['id']}")
+        elif kind == "room_removed" and isinstance(event.get("room"), int):
+            self.forget_room(event["room"])
         elif kind == "session_revoked" and event.get("token_hash") == self._token_hash():
             self.close(protocol.CLOSE_SESSION_REVOKED, "session revoked")
 

@@ -9,10 +9,11 @@ import asyncpg
 import msgspec
 from nats.aio.client import Client as NATS
 
-from camcore import bus, subjects
+from camcore import bus, subjects, wire
 from camcore.config import Settings
 
 from .hub import Hub
+from .limits import ConnectionCounts, RequestLimiter
 from .presence import PresenceAgent, PresenceWatch
 
 if TYPE_CHECKING:
@@ -27,9 +28,18 @@ class Edge:
     hub: Hub
     presence: PresenceAgent
     watch: PresenceWatch
+    requests: RequestLimiter
+    counts: ConnectionCounts
     connections: set[Connection] = field(default_factory=set)
     draining: bool = False
 
     async def chat(self, op: str, request: msgspec.Struct, *, timeout: float = 5.0) -> Any:
         """One chat command, served by whichever chat replica takes it."""
         return await bus.call(self.nc, subjects.chat_rpc(op), request, timeout=timeout)
+
+    async def revoked(self, user_id: int, fingerprints: list[str]) -> None:
+        """Close the live sockets of these revoked sessions of a user, on every node."""
+        subject = subjects.user_session(user_id)
+        for fingerprint in fingerprints:
+            event = {"type": "session_revoked", "token_hash": fingerprint}
+            await self.nc.publish(subject, wire.encode(event))

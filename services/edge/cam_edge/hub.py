@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -25,8 +25,32 @@ log = logging.getLogger(__name__)
 _message_decoder = msgspec.json.Decoder(wire.Message)
 
 
+EVERYONE: Final = frozenset({"*"})
+"""``leaving`` of a room's last message: the room was deleted (no user is named ``*``)."""
+
+
+def leaving(msg: wire.Message) -> frozenset[str] | None:
+    """The user names a system message takes out of its room (EVERYONE when the room is
+    deleted), or None when it takes nobody out."""
+    if msg.kind != "system":
+        return None
+    try:
+        body = wire.decode(msg.body)
+    except msgspec.MsgspecError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    if body.get("event") == "room_deleted":
+        return EVERYONE
+    users = body.get("users")
+    if body.get("event") in ("member_left", "member_removed") and isinstance(users, list):
+        return frozenset(u for u in users if isinstance(u, str))
+    return None
+
+
 class Listener(Protocol):
-    def offer(self, room: int, seq: int, frame: str) -> None: ...
+    def offer(self, room: int, seq: int, frame: str,
+              leaving: frozenset[str] | None = None) -> None: ...
 
     def behind(self, room: int, head: int) -> None: ...
 
@@ -147,8 +171,9 @@ class Hub:
         if interest is None:
             return
         frame = message_frame(event)
+        gone = leaving(event)
         for listener in list(interest.listeners):
-            listener.offer(event.room, event.seq, frame)
+            listener.offer(event.room, event.seq, frame, gone)
         self.delivered += len(interest.listeners)
 
     def _on_typing(self, msg: Msg) -> None:

@@ -8,6 +8,8 @@
 - ``header_guarded_h11``: uvicorn's h11 protocol with a deadline for the request head
   and a bound on connections still waiting for theirs (uvicorn has neither).
 - ``check_frame``: nesting depth and NUL characters of a decoded WebSocket frame.
+- ``RequestLimiter``: requests per WebSocket in a sliding window (``limits`` again).
+- ``ConnectionCounts``: open WebSockets per user and per client address on this edge.
 
 REST refusals (``HttpRefusal``) use the codes of the one error table, camcore/errors.py,
 and its HTTP statuses.
@@ -25,7 +27,7 @@ from typing import Any, ClassVar, Final
 import h11
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
+from limits.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from camcore import errors, wire
@@ -128,6 +130,80 @@ class LoginGuard:
             yield
         finally:
             self._slots.release()
+
+
+# ---------------------------------------------------------------- WebSockets
+
+
+class RateLimited(CamError):
+    """An op refused by a rate limit; the error frame carries ``retry_after``."""
+
+    code = errors.RATE_LIMITED
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RequestLimiter:
+    """Requests per WebSocket: ``limit`` in any ``window`` seconds (a sliding window
+    counter: two counters per active connection, whatever the limit)."""
+
+    def __init__(self, limit: int, window: int) -> None:
+        self._limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
+        self._item = RateLimitItemPerSecond(limit, window)
+
+    def hit(self, key: str) -> None:
+        """Count one request of connection ``key``; RateLimited when it is one too many."""
+        if self._limiter.hit(self._item, "ws", key):
+            return
+        stats = self._limiter.get_window_stats(self._item, "ws", key)
+        wait = max(0.1, stats.reset_time - time.time())
+        raise RateLimited(f"more than {self._item.amount} requests in "
+                          f"{self._item.multiples} s; retry in {wait:.1f} s",
+                          round(wait, 1))
+
+    def forget(self, key: str) -> None:
+        self._limiter.clear(self._item, "ws", key)
+
+
+class ConnectionCounts:
+    """Open WebSockets of this edge per client address and per user, with their caps."""
+
+    def __init__(self, *, per_address: int, per_user: int) -> None:
+        self.per_address, self.per_user = per_address, per_user
+        self._addresses: dict[str, int] = {}
+        self._users: dict[int, int] = {}
+
+    @staticmethod
+    def _take(table: dict[Any, int], key: Any, cap: int) -> bool:
+        count = table.get(key, 0)
+        if count >= cap:
+            return False
+        table[key] = count + 1
+        return True
+
+    @staticmethod
+    def _give(table: dict[Any, int], key: Any) -> None:
+        count = table.get(key, 0) - 1
+        if count > 0:
+            table[key] = count
+        else:
+            table.pop(key, None)
+
+    def open_address(self, address: str) -> bool:
+        """Count a new WebSocket from ``address``; False (not counted) past the cap."""
+        return self._take(self._addresses, address, self.per_address)
+
+    def close_address(self, address: str) -> None:
+        self._give(self._addresses, address)
+
+    def open_user(self, user: int) -> bool:
+        """Count an authenticated WebSocket of ``user``; False (not counted) past the cap."""
+        return self._take(self._users, user, self.per_user)
+
+    def close_user(self, user: int) -> None:
+        self._give(self._users, user)
 
 
 # ---------------------------------------------------------------- REST bodies

@@ -1,11 +1,17 @@
 """The outgoing queue of one client: every frame it receives, in order, bounded.
 
-Replies and events share one queue (``cam.outgoingQueueFrames``), so they keep their
-order and a slow client cannot grow the edge's memory. Live frames and replies are
-queued without waiting: one that finds the queue full closes the client with
-CLOSE_RESUME (it reconnects and resumes from its last seq). Replayed frames (resume,
-``subscribe``, gap repair) wait for room instead and fill at most half the queue, so
-a replay goes at the client's pace and never crowds out replies.
+Replies and events share one queue, bounded in frames (``cam.outgoingQueueFrames``)
+and in bytes (``cam.outgoingQueueBytes``), so they keep their order and a slow client
+cannot grow the edge's memory by more than the byte bound, whatever the size of its
+frames. Live frames and replies are queued without waiting: one that finds the queue
+full closes the client with CLOSE_RESUME (it reconnects and resumes from its last
+seq). Replayed frames (resume, ``subscribe``, gap repair) wait for room instead and
+fill at most half the queue, so a replay goes at the client's pace and never crowds
+out replies.
+
+A frame counts against the byte bound, by the memory it takes, from when it is queued
+until the socket has taken it: below the queue, the WebSocket protocol holds at most
+its write buffer (64 KiB) and the frame being written.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 
 from starlette.websockets import WebSocket
 
@@ -23,11 +30,22 @@ log = logging.getLogger(__name__)
 TOO_SLOW = "too slow: reconnect and resume"
 
 
+def frame_bytes(frame: str) -> int:
+    """The memory a queued text frame takes. A str holds 1, 2 or 4 bytes per character,
+    by its widest one, so this is never less than its UTF-8 size over 4, nor more than
+    four times it: the bound is on memory, which is what a slow client costs."""
+    return sys.getsizeof(frame)
+
+
 class Outgoing:
-    def __init__(self, ws: WebSocket, size: int) -> None:
+    def __init__(self, ws: WebSocket, size: int, max_bytes: int) -> None:
         self._ws = ws
         self._queue: asyncio.Queue[str | None] = asyncio.Queue(size)
         self._replay_room = max(1, size // 2)
+        self._max_bytes = max_bytes
+        self._replay_bytes = max_bytes // 2
+        self.queued_bytes = 0
+        """Bytes of the frames queued and not yet taken by the socket."""
         self._space = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self.close_code: int | None = None
@@ -43,10 +61,16 @@ class Outgoing:
         """Queue a live frame or a reply now; a full queue closes the client."""
         if self.close_code is not None:
             return
+        size = frame_bytes(frame)
+        if self.queued_bytes + size > self._max_bytes:
+            self.close(protocol.CLOSE_RESUME, TOO_SLOW)
+            return
         try:
             self._queue.put_nowait(frame)
         except asyncio.QueueFull:
             self.close(protocol.CLOSE_RESUME, TOO_SLOW)
+            return
+        self.queued_bytes += size
 
     async def put(self, frame: str) -> None:
         """Queue a replayed frame at the client's pace.
@@ -54,7 +78,8 @@ class Outgoing:
         Replay fills at most half the queue, so replies and live frames of other rooms
         still fit: a client that reads is never closed as too slow because of a replay.
         """
-        while self.close_code is None and self._queue.qsize() >= self._replay_room:
+        size = frame_bytes(frame)
+        while self.close_code is None and not self._replay_fits(size):
             self._space.clear()
             try:
                 await asyncio.wait_for(self._space.wait(), protocol.REPLAY_STALL_SECONDS)
@@ -63,6 +88,12 @@ class Outgoing:
                 self.close(protocol.CLOSE_RESUME, TOO_SLOW)
         if self.close_code is None:
             self._queue.put_nowait(frame)
+            self.queued_bytes += size
+
+    def _replay_fits(self, size: int) -> bool:
+        # An empty queue takes any frame, so a replay of one huge message progresses.
+        return self._queue.qsize() < self._replay_room and (
+            self.queued_bytes == 0 or self.queued_bytes + size <= self._replay_bytes)
 
     def close(self, code: int, reason: str) -> None:
         """Close after what is already queued; the writer sends the close frame."""
@@ -72,10 +103,11 @@ class Outgoing:
         self._space.set()  # release replays waiting for room
         with contextlib.suppress(asyncio.QueueFull):
             self._queue.put_nowait(None)
-        if self._queue.full():
+        if self._queue.full() or code == protocol.CLOSE_RESUME:
             # The queue is what is too slow; drop it and close now.
             while not self._queue.empty():
                 self._queue.get_nowait()
+            self.queued_bytes = 0
             self._queue.put_nowait(None)
         if code == protocol.CLOSE_RESUME:
             log.info("closing a client that cannot keep up (user %s)", self.client)
@@ -92,8 +124,13 @@ class Outgoing:
             self._writer.cancel()
 
     def _made_room(self) -> None:
-        if self._queue.qsize() < self._replay_room:
+        if self._queue.qsize() < self._replay_room and self.queued_bytes < self._replay_bytes:
             self._space.set()
+
+    async def _send(self, frame: str) -> None:
+        await self._ws.send_text(frame)
+        if self.queued_bytes:  # zero after a close dropped the queue
+            self.queued_bytes = max(0, self.queued_bytes - frame_bytes(frame))
 
     async def _write(self) -> None:
         try:
@@ -102,13 +139,14 @@ class Outgoing:
                 if frame is None:
                     break
                 self._made_room()
-                await self._ws.send_text(frame)
+                await self._send(frame)
                 # Send what else is already queued without waking up once per frame.
                 while not self._queue.empty():
                     frame = self._queue.get_nowait()
                     if frame is None:
                         break
-                    await self._ws.send_text(frame)
+                    await self._send(frame)
+                    self._made_room()
                 if frame is None:
                     break
                 self._made_room()

@@ -27,7 +27,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from camcore import bus, subjects, wire
+from camcore import bus, errors, subjects, wire
 from camcore.errors import CamError
 
 log = logging.getLogger(__name__)
@@ -170,9 +170,11 @@ class _Watched:
 
 
 class PresenceWatch:
-    def __init__(self, nc: NATS, refresh_interval: float) -> None:
+    def __init__(self, nc: NATS, refresh_interval: float, *, max_users: int = 1_000_000) -> None:
         self.nc = nc
         self.refresh_interval = refresh_interval
+        self.max_users = max_users
+        """Distinct users watched at once (one bus subscription each): cam.watchPerEdge."""
         self._users: dict[int, _Watched] = {}
         self._lock = asyncio.Lock()
 
@@ -208,6 +210,10 @@ class PresenceWatch:
         gets each state once: in the answer or as a later event, never both.
         """
         async with self._lock:
+            new = sum(1 for user in users if user not in self._users)
+            if new and len(self._users) + new > self.max_users:
+                raise CamError(f"this node watches {len(self._users)} users already; "
+                               f"the limit is {self.max_users}", errors.LIMIT_REACHED)
             for user in users:
                 if user not in self._users:
                     watched = self._users[user] = _Watched()

@@ -1,7 +1,9 @@
-"""Chat ops: rooms, messages and typing (``cam.chat.rpc.<op>``, ``cam.room.<id>.*``).
+"""Chat ops: rooms, messages, typing, leaving and blocking (``cam.chat.rpc.<op>``,
+``cam.room.<id>.*``).
 
 The chat service checks membership and stores; the edge starts delivering a room to
-the connection as soon as it knows the user is a member (``Connection.track``).
+the connection as soon as it knows the user is a member (``Connection.track``), and
+stops when it learns the user is not any more (``Connection.forget_room``).
 """
 
 from __future__ import annotations
@@ -102,3 +104,31 @@ async def typing(conn: Connection, frame: wire.TypingFrame) -> dict[str, Any]:
                  "user_name": conn.user.username if conn.user else ""}
         await conn.edge.nc.publish(subjects.room_typing(frame.room), wire.encode(event))
     return {"room": frame.room}
+
+
+@ops.handles(wire.LeaveFrame)
+async def leave(conn: Connection, frame: wire.LeaveFrame) -> dict[str, Any]:
+    result: dict[str, Any] = await conn.edge.chat(
+        "leave", wire.Leave(user_id=conn.uid, room=frame.room))
+    # The user's other connections learn it from room_removed; this one at once.
+    conn.after_reply(lambda: _forget(conn, frame.room))
+    return result
+
+
+def _forget(conn: Connection, room: int) -> None:
+    conn.forget_room(room)
+
+
+@ops.handles(wire.BlockFrame)
+async def block(conn: Connection, frame: wire.BlockFrame) -> dict[str, Any]:
+    return await conn.edge.chat("block", wire.Block(user_id=conn.uid, user=frame.user))
+
+
+@ops.handles(wire.UnblockFrame)
+async def unblock(conn: Connection, frame: wire.UnblockFrame) -> dict[str, Any]:
+    return await conn.edge.chat("unblock", wire.Unblock(user_id=conn.uid, user=frame.user))
+
+
+@ops.handles(wire.BlocksFrame)
+async def blocks(conn: Connection, frame: wire.BlocksFrame) -> dict[str, Any]:
+    return await conn.edge.chat("blocks", wire.Blocks(user_id=conn.uid))

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from camcore import accounts, bus, protocol, subjects, wire
-from camcore.errors import RequestError
+from camcore import accounts, bus, errors, subjects, wire
+from camcore.errors import CamError
 
 from .registry import OpGroup
 
@@ -29,8 +29,10 @@ async def set_status(conn: Connection, frame: wire.SetStatusFrame) -> dict[str, 
 @ops.handles(wire.WatchFrame)
 async def watch(conn: Connection, frame: wire.WatchFrame) -> dict[str, Any]:
     users = list(dict.fromkeys(frame.users))
-    if len(conn.watching | set(users)) > protocol.MAX_WATCHED_USERS:
-        raise RequestError(f"at most {protocol.MAX_WATCHED_USERS} users can be watched")
+    cap = conn.edge.settings.watch_per_connection
+    if len(conn.watching | set(users)) > cap:
+        raise CamError(f"at most {cap} users can be watched by one connection",
+                       errors.LIMIT_REACHED)
     states = await conn.edge.watch.watch(conn, users)
     conn.watching.update(users)
     return {"presence": [{"user": u, "status": states.get(u, "offline")} for u in users]}

@@ -38,9 +38,18 @@ async def auth(conn: Connection, frame: wire.Auth) -> dict[str, Any]:
     user = await accounts.resolve_session(conn.edge.pool, token)
     if user is None:
         raise CamError("session is invalid, expired or revoked", errors.UNAUTHENTICATED)
+    if not conn.edge.counts.open_user(user.id):
+        conn.after_reply(lambda: conn.close(protocol.CLOSE_TOO_MANY_CONNECTIONS,
+                                            "too many connections of this user"))
+        raise CamError(f"{user.username} has {conn.edge.counts.per_user} connections open on "
+                       "this node already", errors.LIMIT_REACHED)
     # Subscribe to the user's events before listing rooms, so no room added in
     # between is missed; until the listing succeeds the connection stays anonymous.
-    await conn.edge.hub.add_user(user.id, conn)
+    try:
+        await conn.edge.hub.add_user(user.id, conn)
+    except BaseException:
+        conn.edge.counts.close_user(user.id)
+        raise
     try:
         # Every page, though the reply carries only the first: all rooms are delivered.
         first = await conn.edge.chat("list_rooms", wire.ListRooms(user_id=user.id))
@@ -50,6 +59,7 @@ async def auth(conn: Connection, frame: wire.Auth) -> dict[str, Any]:
                 "list_rooms", wire.ListRooms(user_id=user.id, after=page["next"]))
             rooms += page["rooms"]
     except BaseException:
+        conn.edge.counts.close_user(user.id)
         await conn.edge.hub.remove_user(user.id, conn)
         raise
     conn.authenticated(user, token)
