@@ -200,6 +200,24 @@ class Client:
             cursor = page.get("next")
         return rooms
 
+    async def mark_read(self, room: int, seq: int) -> dict[str, Any]:
+        """Move the user's read marker of ``room`` to ``seq`` (never back); returns
+        ``{"room", "read_seq"}``. Every connection of the user, this one too, also gets
+        a ``read`` event (in ``events``, like every pushed frame)."""
+        return await self.request("mark_read", room=room, seq=seq)
+
+    async def directory(self, *, query: str | None = None, after: int = 0,
+                        limit: int | None = None) -> dict[str, Any]:
+        """One page of the user directory (``{"users", "has_more"}``), in id order after
+        user id ``after``; with ``query``, only users whose user name or display name
+        contains it, case-insensitively."""
+        fields: dict[str, Any] = {"after": after}
+        if query is not None:
+            fields["query"] = query
+        if limit is not None:
+            fields["limit"] = limit
+        return await self.request("directory", **fields)
+
     # ---------------------------------------------------------- membership
 
     async def leave(self, room: int) -> dict[str, Any]:

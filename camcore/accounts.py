@@ -103,12 +103,29 @@ async def list_users(pool: asyncpg.Pool) -> list[User]:
     return [_user(r) for r in rows]
 
 
-async def directory(pool: asyncpg.Pool, *, after: int = 0, limit: int = 100) -> list[User]:
-    """Users in id order, after the given id (keyset paging)."""
-    rows = await pool.fetch(
-        "SELECT id, username, display_name, is_admin FROM users WHERE id > $1 ORDER BY id LIMIT $2",
-        after, limit,
-    )
+def like_contains(text: str) -> str:
+    """A LIKE pattern (escape character ``\\``) matching any string that contains ``text``."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+async def directory(pool: asyncpg.Pool, *, after: int = 0, limit: int = 100,
+                    query: str | None = None) -> list[User]:
+    """Users in id order, after the given id (keyset paging); with ``query``, only those
+    whose user name or display name contains it, case-insensitively."""
+    if query is None:
+        rows = await pool.fetch(
+            "SELECT id, username, display_name, is_admin FROM users WHERE id > $1"
+            " ORDER BY id LIMIT $2",
+            after, limit,
+        )
+    else:
+        rows = await pool.fetch(
+            "SELECT id, username, display_name, is_admin FROM users WHERE id > $1"
+            " AND (username ILIKE $3 ESCAPE '\\' OR display_name ILIKE $3 ESCAPE '\\')"
+            " ORDER BY id LIMIT $2",
+            after, limit, like_contains(query),
+        )
     return [_user(r) for r in rows]
 
 

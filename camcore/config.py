@@ -313,6 +313,42 @@ def _video_urls_text(value: tuple[tuple[str, str], ...]) -> str:
     return ";".join(f"{name}={url}" for name, url in value)
 
 
+_STUN_EXPECTED: Final = (
+    "stun: or stuns: URIs separated by ';', each scheme:host[:port] (RFC 7064)"
+)
+_TURN_EXPECTED: Final = (
+    "turn: or turns: URIs separated by ';', each scheme:host[:port] with an optional "
+    "?transport=udp or ?transport=tcp (RFC 7065)"
+)
+
+
+def _ice_uris(schemes: tuple[str, ...], expected: str,
+              query: bool) -> Callable[[str], tuple[str, ...]]:
+    """A parser of ``scheme:host[:port][?transport=...]`` lists (the browser's
+    RTCIceServer ``urls``); the host part is checked as a ``cam.clusterHosts`` entry,
+    the scheme is lower-cased."""
+
+    def parse(raw: str) -> tuple[str, ...]:
+        uris: list[str] = []
+        for uri in _split(raw, ";", expected):
+            scheme, sep, rest = uri.partition(":")
+            address, qsep, params = rest.partition("?")
+            bad = (not sep or scheme.lower() not in schemes or address.startswith("/")
+                   or (qsep and (not query or params.lower() not in ("transport=udp",
+                                                                      "transport=tcp"))))
+            if not bad:
+                try:
+                    _parse_host_entry(address)
+                except _Invalid:
+                    bad = True
+            if bad:
+                raise _Invalid(f"{expected} (bad entry '{uri}')")
+            uris.append(f"{scheme.lower()}:{rest}")
+        return tuple(uris)
+
+    return parse
+
+
 def _video_overflow(raw: str) -> str:
     if raw not in ("least_loaded", "reject"):
         raise _Invalid("'least_loaded' or 'reject'")
@@ -718,6 +754,59 @@ KEYS: Final[tuple[ConfigKey, ...]] = (
         format=repr,
     ),
     ConfigKey(
+        ini="cam.videoPublicUrls",
+        env="CAM_VIDEO_PUBLIC_URLS",
+        field="video_public_urls",
+        default="",
+        description="Janus HTTP API of each video server as clients reach it (the "
+        "conference's url): 'a=https://video1.example.com/janus;...' (default: its "
+        "cam.videoServerUrls entry).",
+        parse=_video_server_urls,
+        format=_video_urls_text,
+        note="Set it when clients reach the servers under other names than the allocator; "
+        "the edges allow these origins in the web app's connect-src.",
+    ),
+    ConfigKey(
+        ini="cam.stunServers",
+        env="CAM_STUN_SERVERS",
+        field="stun_servers",
+        default="",
+        description="STUN servers handed to clients for conferences (ice_servers): "
+        "'stun:stun.example.com:3478;...'.",
+        parse=_ice_uris(("stun", "stuns"), _STUN_EXPECTED, query=False),
+        format=_join(";"),
+    ),
+    ConfigKey(
+        ini="cam.turnServers",
+        env="CAM_TURN_SERVERS",
+        field="turn_servers",
+        default="",
+        description="TURN servers handed to clients for conferences, with time-limited "
+        "credentials: 'turn:turn.example.com:3478?transport=udp;turns:turn.example.com:5349'.",
+        parse=_ice_uris(("turn", "turns"), _TURN_EXPECTED, query=True),
+        format=_join(";"),
+        note="Needs cam.turnSecret.",
+    ),
+    ConfigKey(
+        ini="cam.turnSecret",
+        env="CAM_TURN_SECRET",
+        field="turn_secret",
+        default="",
+        description="The static-auth-secret of the TURN servers (coturn use-auth-secret); "
+        "edges sign each user's credentials with it and never send it.",
+        parse=_text,
+        format=str,
+        note="Keep it secret like a password; only the edges need it.",
+    ),
+    ConfigKey(
+        ini="cam.turnCredentialTtl",
+        env="CAM_TURN_CREDENTIAL_TTL",
+        field="turn_credential_ttl",
+        default="3600",
+        description="Seconds a TURN credential handed to a client stays valid.",
+        parse=_int_range(60, 604_800),
+    ),
+    ConfigKey(
         ini="cam.trustedProxies",
         env="CAM_TRUSTED_PROXIES",
         field="trusted_proxies",
@@ -940,6 +1029,11 @@ class Settings:
     video_overflow: str
     video_admin_key: str
     video_probe_interval: float
+    video_public_urls: tuple[tuple[str, str], ...]
+    stun_servers: tuple[str, ...]
+    turn_servers: tuple[str, ...]
+    turn_secret: str
+    turn_credential_ttl: int
     trusted_proxies: tuple[str, ...]
     login_max_failures: int
     login_address_max_failures: int
@@ -970,6 +1064,14 @@ class Settings:
             if server.lower() == name.lower():
                 return url
         return f"http://{name}:8088/janus"
+
+    def video_public_url(self, name: str) -> str:
+        """The URL clients use for a video server's Janus API: its cam.videoPublicUrls
+        entry, else the same as :meth:`video_url`."""
+        for server, url in self.video_public_urls:
+            if server.lower() == name.lower():
+                return url
+        return self.video_url(name)
 
     @property
     def lb_in_front(self) -> bool:
@@ -1071,6 +1173,10 @@ def load_settings(
             f"({2 * values['heartbeat_interval']:g} seconds) and at most 300",
             where,
         )
+    # Time-limited TURN credentials are signed with the secret: no secret, no TURN.
+    if values["turn_servers"] and not values["turn_secret"]:
+        raise ConfigError("cam.turnSecret", "", "the static-auth-secret of the TURN servers "
+                          "when cam.turnServers is set", raw["cam.turnSecret"][1])
     return Settings(**values, unknown_keys=tuple(unknown), source=file_path)
 
 

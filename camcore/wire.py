@@ -127,6 +127,16 @@ class SubscribeFrame(Frame, tag="subscribe"):
     since: Seq | None = None
 
 
+ReadSeq = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
+
+
+class MarkReadFrame(Frame, tag="mark_read"):
+    """The user has read ``room`` up to ``seq`` (the marker only moves forward)."""
+
+    room: RoomId
+    seq: ReadSeq
+
+
 Status = Literal["online", "away", "busy", "invisible"]
 UserIds = Annotated[list[Annotated[int, msgspec.Meta(ge=1)]], msgspec.Meta(max_length=5000)]
 
@@ -143,9 +153,14 @@ class UnwatchFrame(Frame, tag="unwatch"):
     users: UserIds
 
 
+DirectoryQuery = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+"""Text a user name or display name must contain (case-insensitive) to be listed."""
+
+
 class DirectoryFrame(Frame, tag="directory"):
     after: int = 0
     limit: PageLimit = 100
+    query: DirectoryQuery | None = None
 
 
 class TypingFrame(Frame, tag="typing"):
@@ -225,6 +240,7 @@ CLIENT_FRAMES: Final[dict[str, type[Frame]]] = {
         HistoryFrame,
         MembersFrame,
         SubscribeFrame,
+        MarkReadFrame,
         SetStatusFrame,
         WatchFrame,
         UnwatchFrame,
@@ -299,6 +315,11 @@ class RoomInfo(ChatRequest):
     room: RoomId
 
 
+class MarkRead(ChatRequest):
+    room: RoomId
+    seq: ReadSeq
+
+
 class Leave(ChatRequest):
     room: RoomId
 
@@ -347,6 +368,7 @@ CHAT_OPS: Final[dict[str, type[msgspec.Struct]]] = {
     "history": History,
     "members": Members,
     "room_info": RoomInfo,
+    "mark_read": MarkRead,
     "room_heads": RoomHeads,
     "leave": Leave,
     "block": Block,

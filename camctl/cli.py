@@ -108,7 +108,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                     lb_kind=plan.kind if plan else None, lb_port=plan.port if plan else 0,
                     pg_port=args.pg_port,
                     cluster_hosts="from boot.ini" if settings.cluster_hosts else "",
-                    edge_env=edge_env, announce=print)
+                    edge_env=edge_env, turn=args.turn, announce=print)
         if not domains:
             print("video: " + _no_video_reason(args, settings))
         admin_note = asyncio.run(_ensure_admin(c.database_url, root))
@@ -124,6 +124,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"  load balancer ({balancer.kind}): {balancer.url}/   WebSocket {balancer.ws_url}\n"
                   f"    certificate to trust: {balancer.ca_file}\n"
                   f"    curl --cacert {balancer.ca_file} {balancer.url}/CAMServer/healthCheck")
+        app_url = f"{balancer.url}/" if balancer else f"{c.http(first)}/"
+        print(f"\n  Open the web app: {app_url}"
+              + (f"  (the browser asks to trust {balancer.ca_file}, or accept the warning)"
+                 if balancer else ""))
         print(admin_note.replace("{login_url}", c.http(first) + "/api/login"))
         print(f"  logs: {logdir}  ('camctl logs NAME')\n"
               "  'camctl status' lists every process; 'camctl down' or Ctrl-C stops the cluster.")
@@ -589,6 +593,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--no-lb", action="store_true", help="start no load balancer")
     up.add_argument("--no-video", action="store_true",
                     help="start no Janus video servers (by default one per node when installed)")
+    up.add_argument("--turn", action="store_true",
+                    help="also start a coturn TURN server on 127.0.0.1:3478 and hand its "
+                    "credentials to conference clients (Debian package coturn)")
     up.add_argument("--lb-port", type=int, default=0,
                     help="HTTPS port of the load balancer (default 8443, or a free port if taken)")
     up.set_defaults(func=cmd_up)

@@ -88,6 +88,7 @@ class LocalCluster:
         self.nats: rig.NatsCluster | None = None
         self.pg: rig.Postgres | None = None
         self.sfus: dict[str, rig.Janus] = {}
+        self.turn: rig.Turn | None = None
         self.balancer: lb.LoadBalancer | None = None
         self.down: set[str] = set()
 
@@ -250,6 +251,27 @@ class LocalCluster:
                                                      "rtp_last": base + 999}, sfu.ready)
         return sfu
 
+    def start_turn(self, host: Host | int = 0) -> rig.Turn:
+        """One coturn for the cluster, on ``host``'s supervisor but listening on 127.0.0.1
+        (port 3478 with fixed ports, when free), with the secret in run/creds/turn-secret."""
+        h = host if isinstance(host, Host) else self.host(host)
+        port = rig.TURN_PORT if self.fixed_ports and rig.port_free(rig.TURN_PORT) else rig.free_port()
+        turn = rig.Turn(self.root / "turn", rig.turn_secret(self.creds_dir / "turn-secret"),
+                        port=port, spawn=self.spawner(h))
+        full = self._name(h, "turn")
+        turn.proc = self.spawner(h)(full, *turn.command(), priority=30)
+        turn.start()
+        self.turn = turn
+        self._track(full, h, turn.proc, {"turn": turn.port, "relay_first": turn.relay_range[0],
+                                         "relay_last": turn.relay_range[1]}, turn.ready)
+        return turn
+
+    def turn_env(self) -> dict[str, str]:
+        """What the edges need of the started coturn: cam.turnServers, cam.turnSecret."""
+        if self.turn is None:
+            return {}
+        return {"CAM_TURN_SERVERS": ";".join(self.turn.urls), "CAM_TURN_SECRET": self.turn.secret}
+
     def start_service(self, kind: str, name: str, host: Host | int = 0, **extra: str) -> rig.Handle:
         h = host if isinstance(host, Host) else self.host(host)
         extra.setdefault("CAM_NATS_CREDENTIALS", self.credential(kind))
@@ -377,8 +399,10 @@ class LocalCluster:
                   video_domains: list[tuple[str, int]] | None = None, base_port: int = 8080,
                   lb_kind: str | None = lb.DEFAULT_KIND, lb_port: int = 0, pg_port: int = 0,
                   cluster_hosts: str = "", edge_env: Mapping[str, str] | None = None,
+                  turn: bool = False,
                   announce: Callable[[str], None] = lambda line: None) -> None:
-        """Everything, in readiness order: bus, store, SFUs, services, edges, balancer."""
+        """Everything, in readiness order: bus, store, SFUs (and with ``turn`` a coturn
+        whose servers and secret only the edges get), services, edges, balancer."""
         self.start_nats()
         announce(f"bus: {len(self.nats.procs)} NATS servers: {', '.join(self.nats.urls)}")  # type: ignore[union-attr]
         if not self.database_url:
@@ -396,6 +420,10 @@ class LocalCluster:
                 "CAM_VIDEO_ADMIN_KEY": key})
             announce(f"video: {len(self.sfus)} Janus servers: "
                      + ", ".join(f"{n} {s.url}" for n, s in self.sfus.items()))
+        if turn:
+            t = self.start_turn()
+            announce(f"turn: coturn on {t.address}:{t.port} (UDP and TCP), relay ports "
+                     f"{t.relay_range[0]}-{t.relay_range[1]}, secret in {self.creds_dir / 'turn-secret'}")
         for h in self.hosts:
             for i in range(chat):
                 self.start_service("chat", self._name(h, f"chat{i + 1}"), h)
@@ -407,7 +435,7 @@ class LocalCluster:
         edges = [self._name(h, "edge") for h in self.hosts]
         ports = {h.name: self.port(h, "edge", base_port) for h in self.hosts}
         for h, name in zip(self.hosts, edges, strict=True):
-            env = dict(edge_env or {})
+            env = {**(edge_env or {}), **self.turn_env()}
             if not cluster_hosts:
                 # Each server lists its own host first (cluster-spec.md section 3).
                 order = self.hosts[h.index:] + self.hosts[:h.index]

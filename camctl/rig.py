@@ -657,3 +657,113 @@ admin: {{
     def stop(self) -> None:
         if self.proc:
             self.proc.stop()
+
+
+# ------------------------------------------------------------------ coturn (TURN)
+
+TURN_PORT = 3478
+TURN_RELAY_RANGE = (49152, 49251)
+TURN_REALM = "camcluster"
+
+
+def turnserver_binary() -> str | None:
+    return shutil.which("turnserver")
+
+
+def turn_secret(path: Path) -> str:
+    """The TURN ``static-auth-secret`` kept in ``path`` (mode 0600), made on first use."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(secrets.token_urlsafe(32) + "\n", encoding="utf-8")
+        tmp.chmod(0o600)
+        tmp.replace(path)
+    return path.read_text(encoding="utf-8").strip()
+
+
+class Turn:
+    """One coturn TURN (and STUN) server on loopback that takes the edges' time-limited
+    credentials (``use-auth-secret`` with ``secret``: cam.turnSecret), over UDP and TCP,
+    relaying from ``relay_range`` on the same address. No TLS, no CLI; its config (mode
+    0600: it holds the secret), pidfile and log are in ``workdir/<name>``."""
+
+    def __init__(self, workdir: Path, secret: str, *, name: str = "turn", port: int | None = None,
+                 address: str = "127.0.0.1", relay_range: tuple[int, int] = TURN_RELAY_RANGE,
+                 realm: str = TURN_REALM, spawn: Spawn = Proc) -> None:
+        self.workdir, self.name = workdir / name, name
+        self.secret = secret
+        self.address = address
+        self.port = port or free_port(address)
+        self.relay_range = relay_range
+        self.realm = realm
+        self.spawn = spawn
+        self.proc: Handle | None = None
+
+    @property
+    def urls(self) -> list[str]:
+        """cam.turnServers for this server: UDP and TCP."""
+        return [f"turn:{self.address}:{self.port}?transport=udp",
+                f"turn:{self.address}:{self.port}?transport=tcp"]
+
+    @property
+    def stun_url(self) -> str:
+        return f"stun:{self.address}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "turnserver.log"
+
+    def ready(self) -> bool:
+        return port_open(self.port, self.address)
+
+    def _write_config(self) -> Path:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        path = self.workdir / "turnserver.conf"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(f"""listening-ip={self.address}
+listening-port={self.port}
+relay-ip={self.address}
+min-port={self.relay_range[0]}
+max-port={self.relay_range[1]}
+realm={self.realm}
+use-auth-secret
+static-auth-secret={self.secret}
+fingerprint
+no-cli
+no-tls
+no-dtls
+no-multicast-peers
+# Local only: the media peers (Janus, the browsers) are on loopback too.
+allow-loopback-peers
+userdb={self.workdir / 'turndb'}
+pidfile={self.workdir / 'turnserver.pid'}
+log-file=stdout
+simple-log
+""", encoding="utf-8")
+        tmp.chmod(0o600)
+        tmp.replace(path)
+        return path
+
+    def command(self) -> tuple[list[str], Path]:
+        """The argv (with the config written) and the log file of the server."""
+        binary = turnserver_binary()
+        if binary is None:
+            raise RigError("turnserver not found: install the Debian package coturn")
+        return [binary, "-c", str(self._write_config())], self.log_path
+
+    def start(self, timeout: float = 15.0) -> Turn:
+        argv, log_path = self.command()
+        if self.proc is None:
+            self.proc = self.spawn(self.name, argv, log_path, priority=30)
+        self.proc.start()
+        wait_for(lambda: (self.proc.check_alive(), self.ready())[1],  # type: ignore[union-attr]
+                 timeout, self.name)
+        return self
+
+    def kill(self) -> None:
+        if self.proc:
+            self.proc.kill()
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import msgspec
 from nats.aio.client import Client as NATS
 
 from camcore import audit, errors, subjects, wire
@@ -47,20 +48,50 @@ def members_over_limit(current: int, adding: int, limit: int) -> str | None:
             f"(cam.maxRoomMembers)")
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _ms(ts: datetime) -> int:
-    return int(ts.timestamp() * 1000)
+    """Milliseconds since the epoch, rounded down exactly (as the room summaries' SQL)."""
+    return (ts - _EPOCH) // timedelta(milliseconds=1)
+
+
+UNREAD_CAP = 1000
+"""``unread`` counts up to this many messages: 1000 means "1000 or more"."""
+UNREAD_SCAN = 2 * UNREAD_CAP
+"""``unread`` looks at the room's newest this many messages (those after the marker):
+the count costs at most this many rows of the messages primary key per room, however
+far behind the marker is (it can only fall short when most of them are the user's own
+or system messages)."""
+ROOMS_FIRST_CHUNK = 256
+"""Rooms read by the first query of a ``list_rooms`` page; the next reads as many as
+the average size of those says still fit in ``wire.PAGE_BYTES``."""
+LAST_MESSAGE_CHARS = 200
+"""``last_message.body`` is cut to this many characters."""
+
+_last_message_decoder = msgspec.json.Decoder(dict[str, Any] | None)
 
 
 def _room(row: asyncpg.Record) -> dict[str, Any]:
+    last = row["last_message"]
     return {
         "id": row["id"],
         "kind": row["kind"],
         "name": row["name"],
         "last_seq": row["last_seq"],
         "members": row["members"],
+        "read_seq": row["read_seq"],
+        "unread": row["unread"],
+        "last_message": _last_message_decoder.decode(last) if last is not None else None,
     }
 
 
+# Scalar subqueries, not joins: with ORDER BY ... LIMIT PostgreSQL evaluates them for
+# the rows of the page only. Each is bounded: ``unread`` reads at most UNREAD_SCAN rows,
+# a range of the primary key (room_id, seq) below the room's head, whatever the plan;
+# ``last_message`` walks the same index back from the head to the newest message that
+# is not deleted (an admin's deletion is followed by its system message, so that is the
+# first or second row).
 _ROOM_SELECT = (
     "SELECT r.id, r.kind, r.last_seq,"
     # The peer of a direct room from its key: it stays named after one of the two left.
@@ -68,8 +99,21 @@ _ROOM_SELECT = (
     "   WHERE u.id IN (split_part(r.direct_key, ':', 1)::bigint,"
     "                  split_part(r.direct_key, ':', 2)::bigint) AND u.id <> $1 LIMIT 1),"
     "   r.name) ELSE r.name END AS name,"
-    " (SELECT count(*) FROM room_members c WHERE c.room_id = r.id) AS members"
+    " (SELECT count(*) FROM room_members c WHERE c.room_id = r.id) AS members,"
+    " coalesce(rm.read_seq, 0) AS read_seq,"
+    # The room's sequence is gap-free, so this seq range holds at most UNREAD_SCAN rows.
+    " (SELECT count(*) FROM (SELECT 1 FROM messages x WHERE x.room_id = r.id"
+    f"   AND x.seq > greatest(coalesce(rm.read_seq, 0), r.last_seq - {UNREAD_SCAN})"
+    "    AND x.seq <= r.last_seq AND x.kind IN ('text', 'file') AND x.sender_id <> $1"
+    f"   LIMIT {UNREAD_CAP}) c) AS unread,"
+    " (SELECT json_build_object('seq', x.seq, 'sender', x.sender_id,"
+    "    'sender_name', (SELECT u.username FROM users u WHERE u.id = x.sender_id),"
+    f"   'kind', x.kind, 'body', left(x.body, {LAST_MESSAGE_CHARS}),"
+    "    'ts', floor(extract(epoch FROM x.created_at) * 1000)::bigint)"
+    "  FROM messages x WHERE x.room_id = r.id AND x.kind <> 'deleted'"
+    "  ORDER BY x.seq DESC LIMIT 1) AS last_message"
     " FROM rooms r JOIN room_members m ON m.room_id = r.id AND m.user_id = $1"
+    " LEFT JOIN read_markers rm ON rm.user_id = $1 AND rm.room_id = r.id"
 )
 
 
@@ -94,6 +138,7 @@ class ChatService(ReplicaBase):
             "history": (wire.History, self.history),
             "members": (wire.Members, self.members),
             "room_info": (wire.RoomInfo, self.room_info),
+            "mark_read": (wire.MarkRead, self.mark_read),
             "room_heads": (wire.RoomHeads, self.room_heads),
             "leave": (wire.Leave, self.leave),
             "block": (wire.Block, self.block),
@@ -361,6 +406,12 @@ class ChatService(ReplicaBase):
                     conn, req.room, req.user_id, f"sys:{uuid.uuid4()}", "system",
                     json.dumps({"event": "members_added", "users": names}),
                 )
+                # What was said before they came is history to read, not unread news.
+                await conn.execute(
+                    "INSERT INTO read_markers (user_id, room_id, read_seq)"
+                    " SELECT unnest($2::bigint[]), $1, $3 ON CONFLICT (user_id, room_id)"
+                    " DO UPDATE SET read_seq = greatest(read_markers.read_seq, excluded.read_seq)",
+                    req.room, added, event.seq)
         if event is not None:
             await self._publish_room_added(added, req.room)
             await self._publish_message(event)
@@ -368,12 +419,27 @@ class ChatService(ReplicaBase):
 
     async def list_rooms(self, req: wire.ListRooms) -> dict[str, Any]:
         limit = req.limit or wire.ROOMS_PAGE_MAX
-        rows = await self.pool.fetch(
-            _ROOM_SELECT + " WHERE r.id > $2 ORDER BY r.id LIMIT $3",
-            req.user_id, req.after, limit + 1,
-        )
-        rooms, cut = wire.bounded_page([_room(r) for r in rows[:limit]])
-        more = cut or len(rows) > limit
+        # Read in chunks until the page is full in count or in bytes: a page of large
+        # room objects holds far fewer than ``limit``, and each row read costs its
+        # summary subqueries (unread, last message).
+        found: list[dict[str, Any]] = []
+        size, after, want = 2, req.after, min(limit + 1, ROOMS_FIRST_CHUNK)
+        while True:
+            rows = await self.pool.fetch(
+                _ROOM_SELECT + " WHERE r.id > $2 ORDER BY r.id LIMIT $3",
+                req.user_id, after, want,
+            )
+            chunk = [_room(r) for r in rows]
+            found += chunk
+            size += sum(len(wire.encode(room)) + 1 for room in chunk)
+            if len(rows) < want or len(found) > limit or size > wire.PAGE_BYTES:
+                break
+            after = found[-1]["id"]
+            # As many more as the average room says still fit, and one to spare.
+            fit = (wire.PAGE_BYTES - size) * len(found) // (size - 2) + 1
+            want = max(1, min(limit + 1 - len(found), fit + 1))
+        rooms, cut = wire.bounded_page(found[:limit])
+        more = cut or len(found) > limit
         # ``next`` is the cursor of the following page: the last id of this one.
         return {"rooms": rooms, "next": rooms[-1]["id"] if more else None}
 
@@ -382,6 +448,27 @@ class ChatService(ReplicaBase):
         if row is None:
             raise CamError(NOT_A_MEMBER, errors.NOT_A_MEMBER)
         return _room(row)
+
+    async def mark_read(self, req: wire.MarkRead) -> dict[str, Any]:
+        """Move the caller's read marker of a room forward to ``seq`` (at most the
+        room's head); it never goes back. Every connection of the user, on every node,
+        is told with a ``read`` event."""
+        read_seq = await self.pool.fetchval(
+            "INSERT INTO read_markers (user_id, room_id, read_seq)"
+            " SELECT $1, r.id, least($3::bigint, r.last_seq) FROM rooms r"
+            " JOIN room_members m ON m.room_id = r.id AND m.user_id = $1 WHERE r.id = $2"
+            " ON CONFLICT (user_id, room_id) DO UPDATE"
+            " SET read_seq = greatest(read_markers.read_seq, excluded.read_seq),"
+            "     updated_at = CASE WHEN excluded.read_seq > read_markers.read_seq"
+            "                  THEN now() ELSE read_markers.updated_at END"
+            " RETURNING read_seq",
+            req.user_id, req.room, req.seq,
+        )
+        if read_seq is None:
+            raise CamError(NOT_A_MEMBER, errors.NOT_A_MEMBER)
+        event = {"type": "read", "room": req.room, "read_seq": read_seq}
+        await self.nc.publish(subjects.user_events(req.user_id), wire.encode(event))
+        return {"room": req.room, "read_seq": read_seq}
 
     async def room_heads(self, req: wire.RoomHeads) -> dict[str, Any]:
         rows = await self.pool.fetch(

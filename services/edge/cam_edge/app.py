@@ -13,15 +13,15 @@ import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import msgspec
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from camcore import PROTOCOL_VERSION, accounts, bus, db, errors, protocol, subjects, wire
@@ -32,6 +32,7 @@ from camcore.loops import Loops, every
 from .connection import Connection
 from .context import Edge
 from .forwarded import ForwardedMiddleware
+from .headers import CorsMiddleware, OriginRules, SecurityHeadersMiddleware
 from .health import HealthProbe
 from .hub import Hub
 from .limits import (
@@ -42,6 +43,7 @@ from .limits import (
     RequestLimiter,
 )
 from .presence import PresenceAgent, PresenceWatch
+from .static import WEB_DIR, WebFiles, index_page
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +89,14 @@ def rest(endpoint: Endpoint) -> Endpoint:
 
 
 def origin_allowed(settings: Settings, origin: str | None, host: str | None) -> bool:
-    """Browsers always send Origin; allow same-origin and the configured allow-list."""
-    if origin is None:
-        return True  # not a browser: the session token is the credential
-    if "*" in settings.allowed_origins or origin in settings.allowed_origins:
-        return True
-    parts = urlsplit(origin)
-    return parts.scheme in ("http", "https") and bool(host) and parts.netloc == host
+    """Browsers always send Origin; allow same-origin, the configured allow-list, and
+    the web app of every node of the cluster (``headers.OriginRules``)."""
+    return _rules(settings).allowed_origin(origin, host)
+
+
+@functools.lru_cache(maxsize=8)
+def _rules(settings: Settings) -> OriginRules:
+    return OriginRules(settings)
 
 
 def _is_https(request: Request) -> bool:
@@ -117,7 +120,8 @@ def check_state_change(settings: Settings, request: Request) -> None:
                           errors.UNSUPPORTED_MEDIA_TYPE)
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, *, web_dir: Path = WEB_DIR) -> Starlette:
+    """The edge; ``web_dir`` holds the web app it serves (the package's own by default)."""
     state: dict[str, Any] = {}
     guard = LoginGuard(max_failures=settings.login_max_failures,
                        address_max_failures=settings.login_address_max_failures,
@@ -335,11 +339,16 @@ def create_app(settings: Settings) -> Starlette:
         Route("/api/cluster", rest(cluster), methods=["GET"]),
         Route("/api/cluster/view", rest(cluster_view), methods=["GET"]),
         WebSocketRoute("/ws", websocket),
+        # The web app (docs/protocol.md, "Web app"): its page, then its files.
+        Route("/", index_page(web_dir), methods=["GET", "HEAD"]),
+        Mount("/app", app=WebFiles(directory=web_dir)),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[
+        Middleware(SecurityHeadersMiddleware, settings=settings),
         Middleware(ForwardedMiddleware, trusted_proxies=settings.trusted_proxies),
         Middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes,
-                   timeout=settings.http_header_timeout)])
+                   timeout=settings.http_header_timeout),
+        Middleware(CorsMiddleware, rules=_rules(settings))])
     app.state.cam = state
     return app
 

@@ -52,6 +52,10 @@ def parse_frame(text: str) -> dict[str, Any]:
     return raw
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def request_id_of(raw: dict[str, Any]) -> wire.RequestId:
     rid = raw.get("id")
     return rid if isinstance(rid, str | int) and not isinstance(rid, bool) else None
@@ -84,6 +88,8 @@ class Connection:
         self.cursors: dict[int, Cursor] = {}
         self.watching: set[int] = set()
         self.typing_sent: dict[int, float] = {}
+        self.read_sent: dict[int, int] = {}
+        """Per room, the highest read marker this connection was told (``read``)."""
         self.confs = Conferences(self)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._after_reply: list[Callable[[], None]] = []
@@ -323,6 +329,7 @@ class Connection:
         if self.cursors.pop(room, None) is None:
             return False
         self.typing_sent.pop(room, None)
+        self.read_sent.pop(room, None)
         task = asyncio.get_running_loop().create_task(self._unsubscribe_room(room))
         Connection._leaving.add(task)
         task.add_done_callback(self._unsubscribed)
@@ -363,8 +370,19 @@ class Connection:
                 self.spawn(self.track(room["id"], room["last_seq"]), f"tracking room {room['id']}")
         elif kind == "room_removed" and isinstance(event.get("room"), int):
             self.forget_room(event["room"])
+        elif kind == "read" and _is_int(event.get("room")) and _is_int(event.get("read_seq")):
+            self._read_marker(event["room"], event["read_seq"])
         elif kind == "session_revoked" and event.get("token_hash") == self._token_hash():
             self.close(protocol.CLOSE_SESSION_REVOKED, "session revoked")
+
+    def _read_marker(self, room: int, read_seq: int) -> None:
+        """Forward a read marker unless this connection was told a higher one already:
+        two replicas may publish their markers in the other order than they stored them."""
+        if read_seq < self.read_sent.get(room, 0):
+            return
+        if room in self.cursors:  # forget_room drops it again
+            self.read_sent[room] = read_seq
+        self.send_json({"op": "read", "room": room, "read_seq": read_seq})
 
     def _token_hash(self) -> str | None:
         return accounts.token_hash_hex(self.token) if self.token else None

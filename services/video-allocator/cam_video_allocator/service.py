@@ -102,6 +102,8 @@ class VideoAllocator(ReplicaBase):
 
     @staticmethod
     def _conference(row: asyncpg.Record, url: str) -> dict[str, Any]:
+        # ``url`` is the public one (cam.videoPublicUrls): clients never get the API URL
+        # the allocator itself calls (cam.videoServerUrls).
         return {"room": row["room_id"], "server": row["server"], "url": url,
                 "janus_room": row["janus_room"], "pin": row["pin"], "moves": row["moves"]}
 
@@ -173,7 +175,7 @@ class VideoAllocator(ReplicaBase):
         if added:
             me = next(p for p in participants if p["session"] == req.session)
             await self._publish(req.room, {"type": "participant_joined", **me})
-        return {"conference": self._conference(conf, self.settings.video_url(conf["server"])),
+        return {"conference": self._conference(conf, self.settings.video_public_url(conf["server"])),
                 "participants": participants}
 
     async def _end_if_empty(self, conn: asyncpg.Connection, conference: int) -> tuple[str, int] | None:
@@ -215,7 +217,7 @@ class VideoAllocator(ReplicaBase):
             if conf is None:
                 return {"room": req.room, "conference": None, "participants": []}
             return {"room": req.room,
-                    "conference": self._conference(conf, self.settings.video_url(conf["server"])),
+                    "conference": self._conference(conf, self.settings.video_public_url(conf["server"])),
                     "participants": await self._participants(conn, conf["id"])}
 
     async def explain(self, req: wire.ConfExplain) -> dict[str, Any]:
@@ -289,7 +291,7 @@ class VideoAllocator(ReplicaBase):
                         server)
             await self._publish(conf["room_id"], {
                 "type": "room_moved", "from": conf["server"],
-                "conference": self._conference(new, self.settings.video_url(server))})
+                "conference": self._conference(new, self.settings.video_public_url(server))})
             moved += 1
 
     async def reconcile(self) -> None:

@@ -93,6 +93,13 @@ async def subscribe(conn: Connection, frame: wire.SubscribeFrame) -> dict[str, A
     return {"room": frame.room, "last_seq": last, "since": since, "resync": resync}
 
 
+@ops.handles(wire.MarkReadFrame)
+async def mark_read(conn: Connection, frame: wire.MarkReadFrame) -> dict[str, Any]:
+    """Move the user's read marker; chat tells every connection of the user (``read``)."""
+    return await conn.edge.chat(
+        "mark_read", wire.MarkRead(user_id=conn.uid, room=frame.room, seq=frame.seq))
+
+
 @ops.handles(wire.TypingFrame)
 async def typing(conn: Connection, frame: wire.TypingFrame) -> dict[str, Any]:
     conn.require_member(frame.room)

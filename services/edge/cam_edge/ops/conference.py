@@ -6,15 +6,25 @@ asking the allocator to join (so nothing after the join is missed), holds the ev
 that arrive while the join is in flight, and relays them after the result, checked
 against the participants the result listed: a join the result already shows is not
 announced again, and neither is the joining connection's own.
+
+The ``conf_join`` result and every ``conf_moved`` also carry ``ice_servers``: the STUN
+and TURN servers of the configuration, in the browser's RTCIceServer form, with TURN
+credentials made here for this user (:func:`turn_credential`). The edge makes them
+because it knows the user, and so the TURN secret never travels on the bus.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from camcore import bus, errors, subjects, wire
+from camcore.config import Settings
 from camcore.errors import CamError
 
 from .registry import OpGroup
@@ -26,6 +36,31 @@ ops = OpGroup("conference")
 
 NOT_IN_CONFERENCE = "not in this conference"
 _VIDEO_TIMEOUT = 10.0
+
+
+def turn_credential(secret: str, user: object, ttl: int, now: float) -> tuple[str, str]:
+    """A time-limited TURN credential, as coturn checks it with ``use-auth-secret`` (the
+    "REST API for TURN" draft): the username is ``<expiry unix time>:<user>``, the
+    password base64(HMAC-SHA1(secret, username)). Valid until the expiry, ``ttl``
+    seconds from ``now``."""
+    username = f"{int(now) + ttl}:{user}"
+    digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
+    return username, base64.b64encode(digest).decode("ascii")
+
+
+def ice_servers(settings: Settings, user: object, now: float | None = None) -> list[dict[str, Any]]:
+    """``cam.stunServers`` and ``cam.turnServers`` as RTCIceServer dicts for ``user``
+    (empty when neither is set). The secret itself is never in them."""
+    servers: list[dict[str, Any]] = []
+    if settings.stun_servers:
+        servers.append({"urls": list(settings.stun_servers)})
+    if settings.turn_servers:
+        username, credential = turn_credential(settings.turn_secret, user,
+                                               settings.turn_credential_ttl,
+                                               time.time() if now is None else now)
+        servers.append({"urls": list(settings.turn_servers), "username": username,
+                        "credential": credential})
+    return servers
 
 
 async def _video(op: str, conn: Connection, request: msgspec.Struct) -> Any:
@@ -97,7 +132,8 @@ class Conferences:
             if event.get("conference") == self._conference.get(room):
                 return  # moved before our join: the result has the new conference
             self._conference[room] = event.get("conference")
-            conn.send_json({"op": "conf_moved", **fields})
+            conn.send_json({"op": "conf_moved", **fields,
+                            "ice_servers": ice_servers(conn.edge.settings, conn.uid)})
 
     async def leave_all(self) -> None:
         """The connection is gone: leave every conference it is in."""
@@ -129,7 +165,7 @@ async def conf_join(conn: Connection, frame: wire.ConfJoinFrame) -> dict[str, An
         raise
     confs.joined(frame.room, result)
     conn.after_reply(lambda: confs.replay(frame.room))
-    return result
+    return {**result, "ice_servers": ice_servers(conn.edge.settings, conn.uid)}
 
 
 @ops.handles(wire.ConfLeaveFrame)

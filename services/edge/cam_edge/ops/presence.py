@@ -48,6 +48,7 @@ async def unwatch(conn: Connection, frame: wire.UnwatchFrame) -> dict[str, Any]:
 
 @ops.handles(wire.DirectoryFrame)
 async def directory(conn: Connection, frame: wire.DirectoryFrame) -> dict[str, Any]:
-    users = await accounts.directory(conn.edge.pool, after=frame.after, limit=frame.limit + 1)
+    users = await accounts.directory(conn.edge.pool, after=frame.after, limit=frame.limit + 1,
+                                     query=frame.query)
     page = users[: frame.limit]
     return {"users": [u.public() for u in page], "has_more": len(users) > frame.limit}
