@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from camcore import permissions
 from camcore.permissions import Credential
@@ -572,7 +572,41 @@ def _janus_lib() -> Path:
     raise RigError("Janus plugins not found (install the Debian package janus)")
 
 
-class Janus:
+class LoopbackServer:
+    """A server binary the rig runs from a config it writes: ``command()`` gives its argv
+    and log file, ``ready()`` says when it serves; start, kill and stop go through
+    ``proc`` (a direct process, or a supervised one when ``spawn`` says so)."""
+
+    name: str
+    spawn: Spawn
+    proc: Handle | None
+    start_timeout: float = 20.0
+
+    def command(self) -> tuple[list[str], Path]:
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self, timeout: float | None = None) -> Self:
+        argv, log_path = self.command()  # (re)writes the config
+        if self.proc is None:
+            self.proc = self.spawn(self.name, argv, log_path, priority=30)
+        self.proc.start()
+        wait_for(lambda: (self.proc.check_alive(), self.ready())[1],  # type: ignore[union-attr]
+                 timeout or self.start_timeout, self.name)
+        return self
+
+    def kill(self) -> None:
+        if self.proc:
+            self.proc.kill()
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+
+
+class Janus(LoopbackServer):
     """One Janus SFU with only the VideoRoom plugin and the HTTP API, on loopback."""
 
     def __init__(self, workdir: Path, name: str, *, port: int | None = None,
@@ -637,26 +671,12 @@ admin: {{
                                                           encoding="utf-8")
         return conf
 
-    def start(self, timeout: float = 20.0) -> Janus:
+    def command(self) -> tuple[list[str], Path]:
+        """The argv (with the config written) and the log file of the server."""
         binary = janus_binary()
         if binary is None:
             raise RigError("janus not found: install the Debian package janus")
-        conf = self._write_config()
-        if self.proc is None:
-            self.proc = self.spawn(self.name, [binary, "-F", str(conf), "-o"],
-                                   self.workdir / "janus.log", priority=30)
-        self.proc.start()
-        wait_for(lambda: (self.proc.check_alive(), self.ready())[1],  # type: ignore[union-attr]
-                 timeout, self.name)
-        return self
-
-    def kill(self) -> None:
-        if self.proc:
-            self.proc.kill()
-
-    def stop(self) -> None:
-        if self.proc:
-            self.proc.stop()
+        return [binary, "-F", str(self._write_config()), "-o"], self.workdir / "janus.log"
 
 
 # ------------------------------------------------------------------ coturn (TURN)
@@ -681,7 +701,7 @@ def turn_secret(path: Path) -> str:
     return path.read_text(encoding="utf-8").strip()
 
 
-class Turn:
+class Turn(LoopbackServer):
     """One coturn TURN (and STUN) server on loopback that takes the edges' time-limited
     credentials (``use-auth-secret`` with ``secret``: cam.turnSecret), over UDP and TCP,
     relaying from ``relay_range`` on the same address. No TLS, no CLI; its config (mode
@@ -751,19 +771,4 @@ simple-log
             raise RigError("turnserver not found: install the Debian package coturn")
         return [binary, "-c", str(self._write_config())], self.log_path
 
-    def start(self, timeout: float = 15.0) -> Turn:
-        argv, log_path = self.command()
-        if self.proc is None:
-            self.proc = self.spawn(self.name, argv, log_path, priority=30)
-        self.proc.start()
-        wait_for(lambda: (self.proc.check_alive(), self.ready())[1],  # type: ignore[union-attr]
-                 timeout, self.name)
-        return self
-
-    def kill(self) -> None:
-        if self.proc:
-            self.proc.kill()
-
-    def stop(self) -> None:
-        if self.proc:
-            self.proc.stop()
+    start_timeout = 15.0
