@@ -141,14 +141,19 @@ async def authenticate(pool: asyncpg.Pool, username: str, password: str) -> User
         "SELECT id, username, display_name, is_admin, password_hash FROM users WHERE username = $1",
         username,
     )
-    stored = row["password_hash"] if row else _DUMMY_HASH
-    try:
-        await asyncio.to_thread(_hasher.verify, stored, password)
-    except (VerificationError, InvalidHashError):
-        row = None
-    if row is None:
+    if not await _matches(row["password_hash"] if row else None, password) or row is None:
         raise CamError("wrong user name or password", errors.BAD_CREDENTIALS)
     return _user(row)
+
+
+async def _matches(stored: str | None, password: str) -> bool:
+    """Argon2id verification off the event loop. With no stored hash (no such user) a
+    dummy one is verified, so the answer takes as long and is False."""
+    try:
+        await asyncio.to_thread(_hasher.verify, stored or _DUMMY_HASH, password)
+    except (VerificationError, InvalidHashError):
+        return False
+    return stored is not None
 
 
 async def create_session(pool: asyncpg.Pool, user_id: int, ttl: timedelta) -> str:
@@ -234,11 +239,7 @@ async def verify_password(pool: asyncpg.Pool, user_id: int, password: str) -> bo
     if len(password) > MAX_PASSWORD:
         return False
     stored = await pool.fetchval("SELECT password_hash FROM users WHERE id = $1", user_id)
-    try:
-        await asyncio.to_thread(_hasher.verify, stored or _DUMMY_HASH, password)
-    except (VerificationError, InvalidHashError):
-        return False
-    return stored is not None
+    return await _matches(stored, password)
 
 
 async def user_by_name(pool: asyncpg.Pool | asyncpg.Connection, username: str) -> User | None:
