@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .client import Client, ClientError, login
+from .client import Client, ClientError, guest_login, login
 from .session import Session
 
-__all__ = ["Client", "ClientError", "Session", "login"]
+__all__ = ["Client", "ClientError", "Session", "guest_login", "login"]

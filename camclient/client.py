@@ -53,6 +53,25 @@ async def change_password(base_url: str, token: str, current: str, new: str, *,
     return int(body["revoked_sessions"])
 
 
+async def guest_login(base_url: str, link_token: str, name: str, *,
+                      verify: Any = True) -> dict[str, Any]:
+    """Redeem a meeting link (``POST /api/guest``) as a guest called ``name``.
+
+    Returns the answer: ``{"token", "user", "room": {"id", "name"}, "expires_at"}``;
+    ``Client.connect(ws_url, answer["token"])`` then opens the guest's connection.
+    An unusable link raises ``ClientError("not_found")``, a full one ``limit_reached``.
+    """
+    async with httpx.AsyncClient(base_url=base_url, verify=verify, timeout=10) as http:
+        r = await http.post("/api/guest", json={"token": link_token, "name": name})
+    body = r.json()
+    if r.status_code != 200:
+        err = body.get("error", {})
+        retry = r.headers.get("retry-after")
+        raise ClientError(err.get("code", "http_error"), err.get("message", r.reason_phrase),
+                          float(retry) if retry else None)
+    return dict(body)
+
+
 def ws_url(base_url: str) -> str:
     """``http://host:port`` -> ``ws://host:port/ws`` (and https -> wss)."""
     if base_url.startswith("http"):
@@ -79,6 +98,9 @@ class Client:
         self.hello: dict[str, Any] = {}
         self.user: dict[str, Any] = {}
         self.rooms: list[dict[str, Any]] = []
+        self.guest: dict[str, Any] | None = None
+        """For a guest's connection, the ``guest`` object of ``auth``: its room,
+        ``room_name`` and ``expires_at``; None for a member."""
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._reader: asyncio.Task[None] | None = None
@@ -116,6 +138,7 @@ class Client:
             await self.close()
             raise
         self.user, self.rooms = result["user"], list(result["rooms"])
+        self.guest = result.get("guest")
         if result.get("next") is not None:
             # auth carries the first page of a long room list; the rest is paged.
             try:
@@ -249,6 +272,27 @@ class Client:
     async def admin_revoke_sessions(self, user: str) -> dict[str, Any]:
         """Log ``user`` out everywhere: every session revoked, every socket closed."""
         return await self.request("admin_revoke_sessions", user=user)
+
+    # ---------------------------------------------------------- meeting links
+
+    async def conf_link_create(self, room: int, *, ttl: int | None = None,
+                               max_guests: int | None = None) -> dict[str, Any]:
+        """A meeting link to the room's conference (the link object, with its ``token``:
+        the only time the token is shown). Defaults: a day, 20 guests."""
+        fields: dict[str, Any] = {"room": room}
+        if ttl is not None:
+            fields["ttl"] = ttl
+        if max_guests is not None:
+            fields["max_guests"] = max_guests
+        return dict((await self.request("conf_link_create", **fields))["link"])
+
+    async def conf_links(self, room: int) -> list[dict[str, Any]]:
+        """The room's live meeting links, newest first (without tokens)."""
+        return list((await self.request("conf_links", room=room))["links"])
+
+    async def conf_link_revoke(self, room: int, link: int) -> dict[str, Any]:
+        """Revoke a link: its guests' sessions end and their sockets close (4403)."""
+        return await self.request("conf_link_revoke", room=room, link=link)
 
     async def next_event(self, op: str | None = None, *, timeout: float = 10.0,
                          where: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:

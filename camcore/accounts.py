@@ -3,6 +3,9 @@
 Passwords are hashed with Argon2id (argon2-cffi). A session token is 256 random bits
 handed to the client once; only its SHA-256 is stored, so a database leak does not
 leak usable sessions. Logout revokes the row.
+
+Guests (``camcore.guests``) are user rows too, made by a meeting link: they have no
+password and are left out of logins and the directory here.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 from argon2 import PasswordHasher
@@ -36,9 +39,22 @@ class User:
     username: str
     display_name: str
     is_admin: bool
+    guest_room: int | None = None
+    """For a guest (``users.guest_link`` set): the room of its link, the only one it
+    may reach. None for members."""
+
+    @property
+    def is_guest(self) -> bool:
+        return self.guest_room is not None
 
     def public(self) -> dict[str, object]:
-        return {"id": self.id, "username": self.username, "display_name": self.display_name}
+        """The user object of the protocol. A guest's has ``"guest": true``; a member's
+        has no ``guest`` field (so the objects members always had are unchanged)."""
+        public: dict[str, object] = {"id": self.id, "username": self.username,
+                                     "display_name": self.display_name}
+        if self.guest_room is not None:
+            public["guest"] = True
+        return public
 
 
 def _user(row: asyncpg.Record) -> User:
@@ -112,17 +128,18 @@ def like_contains(text: str) -> str:
 async def directory(pool: asyncpg.Pool, *, after: int = 0, limit: int = 100,
                     query: str | None = None) -> list[User]:
     """Users in id order, after the given id (keyset paging); with ``query``, only those
-    whose user name or display name contains it, case-insensitively."""
+    whose user name or display name contains it, case-insensitively. Guests are never
+    listed."""
     if query is None:
         rows = await pool.fetch(
             "SELECT id, username, display_name, is_admin FROM users WHERE id > $1"
-            " ORDER BY id LIMIT $2",
+            " AND guest_link IS NULL ORDER BY id LIMIT $2",
             after, limit,
         )
     else:
         rows = await pool.fetch(
             "SELECT id, username, display_name, is_admin FROM users WHERE id > $1"
-            " AND (username ILIKE $3 ESCAPE '\\' OR display_name ILIKE $3 ESCAPE '\\')"
+            " AND guest_link IS NULL AND (username ILIKE $3 ESCAPE '\\' OR display_name ILIKE $3 ESCAPE '\\')"
             " ORDER BY id LIMIT $2",
             after, limit, like_contains(query),
         )
@@ -134,11 +151,13 @@ async def authenticate(pool: asyncpg.Pool, username: str, password: str) -> User
 
     A name no account can have, or a password longer than any account's, is refused
     without asking the database (a NUL would make it fail) or hashing a megabyte.
+    A guest has no password: its name is answered like an unknown one.
     """
     if not USERNAME_RE.fullmatch(username) or len(password) > MAX_PASSWORD:
         raise CamError("wrong user name or password", errors.BAD_CREDENTIALS)
     row = await pool.fetchrow(
-        "SELECT id, username, display_name, is_admin, password_hash FROM users WHERE username = $1",
+        "SELECT id, username, display_name, is_admin, password_hash FROM users"
+        " WHERE username = $1 AND guest_link IS NULL",
         username,
     )
     if not await _matches(row["password_hash"] if row else None, password) or row is None:
@@ -157,27 +176,49 @@ async def _matches(stored: str | None, password: str) -> bool:
 
 
 async def create_session(pool: asyncpg.Pool, user_id: int, ttl: timedelta) -> str:
-    token = secrets.token_urlsafe(32)
-    await pool.execute(
-        "INSERT INTO sessions (token_hash, user_id, expires_at) VALUES ($1, $2, now() + $3)",
-        _token_hash(token),
-        user_id,
-        ttl,
-    )
+    token, _ = await create_session_in(pool, user_id, ttl)
     return token
 
 
+async def create_session_in(conn: asyncpg.Pool | asyncpg.Connection, user_id: int,
+                            ttl: timedelta, *, not_after: datetime | None = None
+                            ) -> tuple[str, datetime]:
+    """A new session of the user (in the caller's transaction when ``conn`` is one):
+    its token and expiry, ``ttl`` from now but never after ``not_after``."""
+    token = secrets.token_urlsafe(32)
+    expires_at = await conn.fetchval(
+        "INSERT INTO sessions (token_hash, user_id, expires_at)"
+        " VALUES ($1, $2, least(now() + $3, coalesce($4, 'infinity'::timestamptz)))"
+        " RETURNING expires_at",
+        _token_hash(token),
+        user_id,
+        ttl,
+        not_after,
+    )
+    return token, expires_at
+
+
 async def resolve_session(pool: asyncpg.Pool, token: str) -> User | None:
-    """The user of a live session, or None when the token is unknown, expired or revoked."""
+    """The user of a live session, or None when the token is unknown, expired or revoked.
+
+    A guest's user carries the room of its link (``guest_room``); a guest whose link
+    was revoked has no session left, and the check of the link here covers a
+    revocation whose session deletion is somehow not seen yet.
+    """
     if not token or len(token) > 256:
         return None
     row = await pool.fetchrow(
-        "SELECT u.id, u.username, u.display_name, u.is_admin FROM sessions s"
-        " JOIN users u ON u.id = s.user_id"
-        " WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()",
+        "SELECT u.id, u.username, u.display_name, u.is_admin, l.room_id AS guest_room"
+        " FROM sessions s JOIN users u ON u.id = s.user_id"
+        " LEFT JOIN meeting_links l ON l.id = u.guest_link"
+        " WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()"
+        " AND (u.guest_link IS NULL OR l.revoked_at IS NULL)",
         _token_hash(token),
     )
-    return _user(row) if row else None
+    if row is None:
+        return None
+    return User(row["id"], row["username"], row["display_name"], row["is_admin"],
+                guest_room=row["guest_room"])
 
 
 async def revoke_session(pool: asyncpg.Pool, token: str) -> bool:

@@ -36,6 +36,7 @@ BAD_CREDENTIALS: Final = "bad_credentials"
 ALREADY_AUTHENTICATED: Final = "already_authenticated"
 NOT_A_MEMBER: Final = "not_a_member"
 NO_SUCH_USER: Final = "no_such_user"
+NOT_FOUND: Final = "not_found"
 CONFLICT: Final = "conflict"
 VIDEO_FULL: Final = "video_full"
 NOT_IN_CONFERENCE: Final = "not_in_conference"
@@ -73,6 +74,8 @@ CODES: Final[dict[str, Code]] = {
     ALREADY_AUTHENTICATED: Code(400, "the connection is already authenticated"),
     NOT_A_MEMBER: Code(400, "the room does not exist or the user is not a member of it"),
     NO_SUCH_USER: Code(400, "a named user does not exist"),
+    NOT_FOUND: Code(404, "the named thing does not exist (a meeting link), or no longer "
+                         "works (expired or revoked)"),
     CONFLICT: Code(409, "the request conflicts with stored state (e.g. a reused client "
                         "message id)"),
     VIDEO_FULL: Code(400, "no video server can take a new conference (all over capacity, "
@@ -85,15 +88,16 @@ CODES: Final[dict[str, Code]] = {
                          "never should"),
     INTERNAL: Code(500, "an unexpected server error; nothing was stored"),
     FORBIDDEN: Code(403, "not allowed: an admin op or the cluster view without admin rights, "
-                         "an Origin that may not call the API, or a user who blocked the "
-                         "caller"),
+                         "an Origin that may not call the API, a user who blocked the "
+                         "caller, or an op a guest may not use"),
     REQUEST_TIMEOUT: Code(408, "the request body did not arrive in time"),
     REQUEST_TOO_LARGE: Code(413, "the request body is over cam.maxRequestBytes"),
     UNSUPPORTED_MEDIA_TYPE: Code(415, "the request body is not application/json"),
     RATE_LIMITED: Code(429, "too many requests (logins, ops per connection, rooms per hour); "
                             "retry after Retry-After (REST) or retry_after (ops) seconds"),
     LIMIT_REACHED: Code(409, "a configured bound is reached (members per room, watched "
-                             "users); the request was not carried out"),
+                             "users, meeting links per room, guests per link); the request "
+                             "was not carried out"),
 }
 
 #: Every code with the meaning documented in docs/protocol.md.

@@ -227,6 +227,38 @@ class ConfSignalFrame(Frame, tag="conf_signal"):
     data: dict[str, Any]
 
 
+LINK_TTL_DEFAULT: Final = 86_400
+"""Seconds a meeting link works for when ``conf_link_create`` names no ``ttl`` (a day)."""
+LINK_TTL_MIN: Final = 300
+LINK_TTL_MAX: Final = 604_800
+"""A week: a link is for a meeting, not a standing invitation."""
+LINK_GUESTS_DEFAULT: Final = 20
+LINK_GUESTS_MAX: Final = 100
+"""Most guests one link lets in (each redemption makes a guest user)."""
+LINKS_PER_ROOM: Final = 20
+"""Most live (not revoked, not expired) meeting links of one room."""
+LinkTtl = Annotated[int, msgspec.Meta(ge=LINK_TTL_MIN, le=LINK_TTL_MAX)]
+LinkGuests = Annotated[int, msgspec.Meta(ge=1, le=LINK_GUESTS_MAX)]
+LinkId = Annotated[int, msgspec.Meta(ge=1, le=2**62)]
+
+
+class ConfLinkCreateFrame(Frame, tag="conf_link_create"):
+    """A meeting link to the room's conference, for guests without an account."""
+
+    room: RoomId
+    ttl: LinkTtl = LINK_TTL_DEFAULT
+    max_guests: LinkGuests = LINK_GUESTS_DEFAULT
+
+
+class ConfLinksFrame(Frame, tag="conf_links"):
+    room: RoomId
+
+
+class ConfLinkRevokeFrame(Frame, tag="conf_link_revoke"):
+    room: RoomId
+    link: LinkId
+
+
 CLIENT_FRAMES: Final[dict[str, type[Frame]]] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]
     for cls in (
@@ -259,6 +291,9 @@ CLIENT_FRAMES: Final[dict[str, type[Frame]]] = {
         ConfParticipantsFrame,
         ConfExplainFrame,
         ConfSignalFrame,
+        ConfLinkCreateFrame,
+        ConfLinksFrame,
+        ConfLinkRevokeFrame,
     )
 }
 
@@ -352,6 +387,31 @@ class AdminDeleteMessage(ChatRequest):
     seq: Annotated[int, msgspec.Meta(ge=1, le=2**62)]
 
 
+class ConfLinkCreate(ChatRequest):
+    """Meeting links: the chat service checks membership, and for a revocation the
+    link's creator, the room's creator or ``users.is_admin``."""
+
+    room: RoomId
+    ttl: LinkTtl = LINK_TTL_DEFAULT
+    max_guests: LinkGuests = LINK_GUESTS_DEFAULT
+
+
+class ConfLinks(ChatRequest):
+    room: RoomId
+
+
+class ConfLinkRevoke(ChatRequest):
+    room: RoomId
+    link: LinkId
+
+
+GUEST_SESSIONS: Final = "guest_sessions"
+"""Key of the ``[user id, session fingerprint]`` pairs a chat reply (``conf_link_revoke``,
+``admin_delete_room``) hands the edge: the guest sessions it deleted, whose sockets the
+edge closes on every node (chat may not publish ``cam.user.<id>.session``). The edge
+takes it out of the answer to the client."""
+
+
 class RoomHeads(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """An edge asking the last seq of the rooms it delivers (no user data returned)."""
 
@@ -377,6 +437,9 @@ CHAT_OPS: Final[dict[str, type[msgspec.Struct]]] = {
     "admin_remove_member": AdminRemoveMember,
     "admin_delete_room": AdminDeleteRoom,
     "admin_delete_message": AdminDeleteMessage,
+    "conf_link_create": ConfLinkCreate,
+    "conf_links": ConfLinks,
+    "conf_link_revoke": ConfLinkRevoke,
 }
 
 

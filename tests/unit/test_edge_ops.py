@@ -33,12 +33,21 @@ def test_only_ping_and_auth_can_be_used_before_auth() -> None:
     assert {name for name, op in OPS.items() if op.anonymous} == {"auth", "ping"}
 
 
+def test_a_guest_may_use_only_the_ops_of_its_meeting() -> None:
+    assert {name for name, op in OPS.items() if op.guest} == {
+        "ping", "auth", "conf_join", "conf_leave", "conf_signal", "conf_participants"}
+
+
 def test_ops_are_grouped_by_subject_family() -> None:
     families = {g.family: {op_name(op.frame) for op in g.ops} for g in GROUPS}
     assert families["session"] == {"auth", "ping"}
     assert {"send", "history", "subscribe", "typing"} <= families["chat"]
     assert {"set_status", "watch", "unwatch"} <= families["presence"]
-    assert families["conference"] == {n for n in wire.CLIENT_FRAMES if n.startswith("conf_")}
+    # Meeting links are served by chat (membership, room creator, admin flag, audit).
+    links = {"conf_link_create", "conf_links", "conf_link_revoke"}
+    assert links <= families["chat"]
+    assert families["conference"] == {n for n in wire.CLIENT_FRAMES
+                                      if n.startswith("conf_")} - links
 
 
 def test_a_client_frame_without_a_handler_is_an_error() -> None:

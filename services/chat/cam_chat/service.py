@@ -9,6 +9,7 @@ so publishing a retried message again is harmless.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -18,12 +19,27 @@ import asyncpg
 import msgspec
 from nats.aio.client import Client as NATS
 
-from camcore import audit, errors, subjects, wire
+from camcore import audit, db, errors, guests, subjects, wire
 from camcore.errors import CamError, RequestError
-from camcore.service import ReplicaBase
+from camcore.loops import every
+from camcore.service import Loop, ReplicaBase
+
+log = logging.getLogger(__name__)
 
 NOT_A_MEMBER = "not a member of this room (or no such room)"
 NO_SUCH_ROOM = "no such room"
+NO_SUCH_LINK = "no such meeting link in this room"
+NOT_YOUR_LINK = ("only the link's creator, the room's creator or an admin may revoke "
+                 "a meeting link")
+
+
+def links_over_limit(live: int) -> str | None:
+    """Why a room with ``live`` live meeting links cannot get one more
+    (``limit_reached``), or None when it can."""
+    if live < wire.LINKS_PER_ROOM:
+        return None
+    return (f"the room has {live} live meeting links, the most it may have; "
+            "revoke one first (or let one expire)")
 
 
 def blocked_message(names: list[str]) -> str:
@@ -55,6 +71,9 @@ def _ms(ts: datetime) -> int:
     """Milliseconds since the epoch, rounded down exactly (as the room summaries' SQL)."""
     return (ts - _EPOCH) // timedelta(milliseconds=1)
 
+
+PURGE_INTERVAL = 3600.0
+"""Seconds between two purges of dead meeting links and their guests."""
 
 UNREAD_CAP = 1000
 """``unread`` counts up to this many messages: 1000 means "1000 or more"."""
@@ -147,7 +166,23 @@ class ChatService(ReplicaBase):
             "admin_remove_member": (wire.AdminRemoveMember, self.admin_remove_member),
             "admin_delete_room": (wire.AdminDeleteRoom, self.admin_delete_room),
             "admin_delete_message": (wire.AdminDeleteMessage, self.admin_delete_message),
+            "conf_link_create": (wire.ConfLinkCreate, self.conf_link_create),
+            "conf_links": (wire.ConfLinks, self.conf_links),
+            "conf_link_revoke": (wire.ConfLinkRevoke, self.conf_link_revoke),
         }
+
+    def background(self) -> list[Loop]:
+        # Every replica purges; a DELETE of rows another replica deletes is harmless.
+        return [Loop("meeting link purge", every(PURGE_INTERVAL, self._purge_round))]
+
+    async def _purge_round(self) -> None:
+        try:
+            gone = await guests.purge(self.pool)
+        except (asyncpg.PostgresError, *db.UNAVAILABLE_ERRORS) as exc:
+            log.warning("purging dead meeting links failed: %s (the next round retries)", exc)
+            return
+        if gone:
+            log.info("purged %d dead meeting links and their guests", gone)
 
     # ------------------------------------------------------------ helpers
 
@@ -164,7 +199,11 @@ class ChatService(ReplicaBase):
 
     @staticmethod
     async def _user_ids(conn: asyncpg.Connection, names: list[str]) -> dict[str, int]:
-        rows = await conn.fetch("SELECT id, username FROM users WHERE username = ANY($1)", names)
+        """The ids of named users; ``no_such_user`` for any name that is not a member
+        account. Guests are never found here, so nobody can invite them, open a direct
+        room with them, put them in a new room or block them."""
+        rows = await conn.fetch("SELECT id, username FROM users WHERE username = ANY($1)"
+                                " AND guest_link IS NULL", names)
         found = {r["username"]: r["id"] for r in rows}
         missing = sorted(set(names) - found.keys())
         if missing:
@@ -658,8 +697,84 @@ class ChatService(ReplicaBase):
             name = await conn.fetchval(
                 "UPDATE rooms SET deleted_at = now(), direct_key = NULL WHERE id = $1"
                 " RETURNING name", req.room)
+            # Its meeting links die with it, and their guests are put out.
+            links = [r["id"] for r in await conn.fetch(
+                "UPDATE meeting_links SET revoked_at = coalesce(revoked_at, now())"
+                " WHERE room_id = $1 RETURNING id", req.room)]
+            ended = await guests.end_sessions(conn, links)
+            detail: dict[str, Any] = {"name": name, "kind": kind, "members": len(members)}
+            if ended:
+                detail["guest_sessions"] = len(ended)
             await audit.record(conn, req.user_id, "delete_room", room=req.room, seq=event.seq,
-                              detail={"name": name, "kind": kind, "members": len(members)})
+                              detail=detail)
         await self._publish_message(event)
         await self._publish_room_removed(sorted(members), req.room)
-        return {"room": req.room, "seq": event.seq, "members": len(members)}
+        return {"room": req.room, "seq": event.seq, "members": len(members),
+                wire.GUEST_SESSIONS: ended}
+
+    # ------------------------------------------------------------ meeting links
+
+    async def conf_link_create(self, req: wire.ConfLinkCreate) -> dict[str, Any]:
+        """A meeting link to the room's conference; its token is in this answer only."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self._require_member(conn, req.room, req.user_id)
+            # The room's row lock orders concurrent creations, so the count below
+            # cannot be passed by two at once. NO KEY UPDATE: inserts that reference
+            # the room (messages, links) are not held up by it.
+            live_room = await conn.fetchval(
+                "SELECT true FROM rooms WHERE id = $1 AND deleted_at IS NULL"
+                " FOR NO KEY UPDATE", req.room)
+            if not live_room:
+                raise CamError(NOT_A_MEMBER, errors.NOT_A_MEMBER)
+            live = await conn.fetchval(
+                "SELECT count(*) FROM meeting_links WHERE room_id = $1"
+                " AND revoked_at IS NULL AND expires_at > now()", req.room)
+            refusal = links_over_limit(live)
+            if refusal is not None:
+                raise CamError(refusal, errors.LIMIT_REACHED)
+            token = guests.new_token()
+            row = await conn.fetchrow(
+                "INSERT INTO meeting_links (room_id, token_hash, created_by, expires_at,"
+                " max_guests) VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5)"
+                " RETURNING *",
+                req.room, guests.digest(token), req.user_id, req.ttl, req.max_guests)
+            await audit.record(conn, req.user_id, "conf_link_create", room=req.room,
+                              detail={"link": row["id"], "ttl": req.ttl,
+                                      "max_guests": req.max_guests})
+        return {"link": guests.link_object(row, token)}
+
+    async def conf_links(self, req: wire.ConfLinks) -> dict[str, Any]:
+        """The room's live links, newest first (at most ``wire.LINKS_PER_ROOM``)."""
+        async with self.pool.acquire() as conn:
+            await self._require_member(conn, req.room, req.user_id)
+            rows = await conn.fetch(
+                "SELECT * FROM meeting_links WHERE room_id = $1 AND revoked_at IS NULL"
+                " AND expires_at > now() ORDER BY id DESC", req.room)
+        return {"links": [guests.link_object(r) for r in rows]}
+
+    async def conf_link_revoke(self, req: wire.ConfLinkRevoke) -> dict[str, Any]:
+        """Revoke a link and delete its guests' sessions (the edge closes their sockets
+        with the fingerprints of ``wire.GUEST_SESSIONS``). Idempotent."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            # The link's row lock: a redemption in flight commits before (its session
+            # is deleted here) or sees the revocation.
+            link = await conn.fetchrow(
+                "SELECT l.id, l.created_by, l.revoked_at, r.created_by AS room_creator"
+                " FROM meeting_links l JOIN rooms r ON r.id = l.room_id"
+                " WHERE l.id = $1 AND l.room_id = $2 FOR UPDATE OF l", req.link, req.room)
+            if link is None:
+                raise CamError(NO_SUCH_LINK, errors.NOT_FOUND)
+            if req.user_id not in (link["created_by"], link["room_creator"]):
+                # Read from the store at each request, never the edge's copy.
+                is_admin = await conn.fetchval("SELECT is_admin FROM users WHERE id = $1",
+                                               req.user_id)
+                if not is_admin:
+                    raise CamError(NOT_YOUR_LINK, errors.FORBIDDEN)
+            if link["revoked_at"] is None:
+                await conn.execute("UPDATE meeting_links SET revoked_at = now() WHERE id = $1",
+                                   req.link)
+            ended = await guests.end_sessions(conn, [req.link])
+            if link["revoked_at"] is None or ended:
+                await audit.record(conn, req.user_id, "conf_link_revoke", room=req.room,
+                                  detail={"link": req.link, "guest_sessions": len(ended)})
+        return {"link": req.link, "revoked": True, wire.GUEST_SESSIONS: ended}

@@ -1,4 +1,5 @@
-"""The edge's ASGI application: REST (login, logout, cluster info), health, WebSocket.
+"""The edge's ASGI application: REST (login, logout, guests, cluster info), health,
+WebSocket.
 
 REST errors go through the project's one error table (``camcore.errors.failure``), like
 the WebSocket ops and the bus replies: the same code, with its HTTP status. Refusals
@@ -24,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from camcore import PROTOCOL_VERSION, accounts, bus, db, errors, protocol, subjects, wire
+from camcore import PROTOCOL_VERSION, accounts, bus, db, errors, guests, protocol, subjects, wire
 from camcore.config import Settings
 from camcore.errors import CamError, Failure
 from camcore.loops import Loops, every
@@ -53,6 +54,12 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 class Credentials(msgspec.Struct, forbid_unknown_fields=True):
     username: str
     password: str
+
+
+class GuestRedeem(msgspec.Struct, forbid_unknown_fields=True):
+    token: str
+    """The meeting link's token (from the fragment of its URL)."""
+    name: str
 
 
 class PasswordChange(msgspec.Struct, forbid_unknown_fields=True):
@@ -225,6 +232,29 @@ def create_app(settings: Settings, *, web_dir: Path = WEB_DIR) -> Starlette:
                             path="/")
         return response
 
+    async def guest(request: Request) -> Response:
+        """Redeem a meeting link: a guest user and a session for its room's conference.
+
+        A link that does not work counts as a failed login of the client address (the
+        same window and lockout), so links cannot be guessed faster than passwords.
+        No cookie: the page keeps the token for its tab only (a member's session in the
+        same browser stays as it is).
+        """
+        check_state_change(settings, request)
+        client = request.client.host if request.client else None
+        guard.check_address(client)
+        redeem = await read_json(request, GuestRedeem)
+        try:
+            made = await guests.redeem(edge().pool, redeem.token, redeem.name,
+                                       timedelta(hours=settings.session_ttl_hours))
+        except CamError as exc:
+            if exc.code == errors.NOT_FOUND:
+                guard.failed_address(client)
+                log.warning("refused meeting link client=%s", client)
+            raise
+        log.info("guest %s let into room %s client=%s", made.user.username, made.room, client)
+        return JSONResponse(made.public(), headers=NO_STORE)
+
     async def logout(request: Request) -> Response:
         check_state_change(settings, request)
         token = request_token(request)
@@ -334,6 +364,7 @@ def create_app(settings: Settings, *, web_dir: Path = WEB_DIR) -> Starlette:
         Route("/CAMServer/healthCheck", health, methods=["GET", "HEAD"]),
         Route("/api/login", rest(login), methods=["POST"]),
         Route("/api/logout", rest(logout), methods=["POST"]),
+        Route("/api/guest", rest(guest), methods=["POST"]),
         Route("/api/me", rest(me), methods=["GET"]),
         Route("/api/password", rest(change_password), methods=["POST"]),
         Route("/api/cluster", rest(cluster), methods=["GET"]),

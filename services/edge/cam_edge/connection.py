@@ -32,6 +32,7 @@ from .presence import new_session_id
 log = logging.getLogger(__name__)
 
 NOT_A_MEMBER = "not a member of this room (or no such room)"
+GUEST_ONLY = "a guest may only join the meeting of its link"
 HEADS_PER_REQUEST = 5000
 """Rooms per ``room_heads`` request (about 25 bytes of reply each)."""
 _BAD_FRAME_CODES = frozenset({errors.MALFORMED_FRAME, errors.UNKNOWN_OP, errors.BAD_REQUEST})
@@ -173,6 +174,8 @@ class Connection:
             op, frame = frame_of(raw)
             if self.user is None and not op.anonymous:
                 raise CamError("authenticate first (op 'auth')", errors.UNAUTHENTICATED)
+            if self.user is not None and self.user.is_guest and not op.guest:
+                raise CamError(GUEST_ONLY, errors.FORBIDDEN)
             result = await op.handler(self, frame)
             self.send_json({"op": "result", "id": request_id, "result": result})
         except Exception as exc:
@@ -237,7 +240,12 @@ class Connection:
         return self.user.id
 
     def require_member(self, room: int) -> None:
-        """The ops on a room need it delivered here, which only a member's room is."""
+        """The ops on a room need it delivered here, which only a member's room is. A
+        guest is delivered no room: it may reach only the room of its link."""
+        if self.user is not None and self.user.guest_room is not None:
+            if room != self.user.guest_room:
+                raise CamError(NOT_A_MEMBER, errors.NOT_A_MEMBER)
+            return
         if room not in self.cursors:
             raise CamError(NOT_A_MEMBER, errors.NOT_A_MEMBER)
 
@@ -363,6 +371,8 @@ class Connection:
         if self.user is None:
             return  # still authenticating: the room listing will include it
         kind = event.get("type")
+        if self.user.is_guest and kind != "session_revoked":
+            return  # a guest hears of nothing but the end of its session
         if kind == "room_added" and isinstance(event.get("room"), dict):
             room = event["room"]
             self.send_json({"op": "room_added", "room": room})

@@ -111,6 +111,24 @@ class LoginGuard:
         for item, kind, key in self._keys(username, address):
             self._limiter.hit(item, kind, key)
 
+    def check_address(self, address: str | None) -> None:
+        """Raise a 429 refusal while the address is locked out (``POST /api/guest``)."""
+        wait: float | None = None
+        now = time.time()
+        for item in self._address:
+            if not self._limiter.test(item, "address", address or "?"):
+                stats = self._limiter.get_window_stats(item, "address", address or "?")
+                wait = max(wait or 0.0, stats.reset_time - now)
+        if wait is not None:
+            raise HttpRefusal(f"too many attempts; retry in {max(1, math.ceil(wait))} s",
+                              errors.RATE_LIMITED, retry_after=wait)
+
+    def failed_address(self, address: str | None) -> None:
+        """One failure of the address that is not a login's (a meeting link that does
+        not work): counted with its failed logins."""
+        for item in self._address:
+            self._limiter.hit(item, "address", address or "?")
+
     def succeeded(self, username: str) -> None:
         """The right password ends the account's count (not the address's)."""
         for item in self._account:

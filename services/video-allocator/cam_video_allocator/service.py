@@ -109,12 +109,17 @@ class VideoAllocator(ReplicaBase):
 
     @staticmethod
     async def _participants(conn: asyncpg.Connection, conference: int) -> list[dict[str, Any]]:
+        """Participant objects in join order; the ``participant_joined`` event carries
+        the joining one's. ``display_name`` labels a video tile (for a guest it is the
+        only name: its ``username`` is a random ``guest-<hex>``)."""
         rows = await conn.fetch(
-            "SELECT p.user_id, u.username, p.session_id, p.node FROM conference_participants p"
+            "SELECT p.user_id, u.username, u.display_name, u.guest_link IS NOT NULL AS guest,"
+            " p.session_id, p.node FROM conference_participants p"
             " JOIN users u ON u.id = p.user_id WHERE p.conference_id = $1 ORDER BY p.joined_at",
             conference)
-        return [{"user": r["user_id"], "username": r["username"], "session": r["session_id"],
-                 "node": r["node"]} for r in rows]
+        return [{"user": r["user_id"], "username": r["username"],
+                 "display_name": r["display_name"], "guest": r["guest"],
+                 "session": r["session_id"], "node": r["node"]} for r in rows]
 
     # ------------------------------------------------------------ placement
 

@@ -33,8 +33,9 @@ async def admin_remove_member(conn: Connection, frame: wire.AdminRemoveMemberFra
 @ops.handles(wire.AdminDeleteRoomFrame)
 async def admin_delete_room(conn: Connection, frame: wire.AdminDeleteRoomFrame
                             ) -> dict[str, Any]:
-    return await conn.edge.chat("admin_delete_room", wire.AdminDeleteRoom(
+    result: dict[str, Any] = await conn.edge.chat("admin_delete_room", wire.AdminDeleteRoom(
         user_id=conn.uid, room=frame.room))
+    return await conn.edge.close_guests(result)  # the room's meeting links die with it
 
 
 @ops.handles(wire.AdminDeleteMessageFrame)

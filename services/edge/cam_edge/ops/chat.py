@@ -1,5 +1,5 @@
-"""Chat ops: rooms, messages, typing, leaving and blocking (``cam.chat.rpc.<op>``,
-``cam.room.<id>.*``).
+"""Chat ops: rooms, messages, typing, leaving and blocking, and meeting links
+(``cam.chat.rpc.<op>``, ``cam.room.<id>.*``).
 
 The chat service checks membership and stores; the edge starts delivering a room to
 the connection as soon as it knows the user is a member (``Connection.track``), and
@@ -139,3 +139,29 @@ async def unblock(conn: Connection, frame: wire.UnblockFrame) -> dict[str, Any]:
 @ops.handles(wire.BlocksFrame)
 async def blocks(conn: Connection, frame: wire.BlocksFrame) -> dict[str, Any]:
     return await conn.edge.chat("blocks", wire.Blocks(user_id=conn.uid))
+
+
+# ---------------------------------------------------------------- meeting links
+# Served by chat (membership, the room's creator, the admin flag and the audit log are
+# there); the edge only closes the sockets of the guests a revocation put out.
+
+
+@ops.handles(wire.ConfLinkCreateFrame)
+async def conf_link_create(conn: Connection, frame: wire.ConfLinkCreateFrame) -> dict[str, Any]:
+    conn.require_member(frame.room)
+    return await conn.edge.chat("conf_link_create", wire.ConfLinkCreate(
+        user_id=conn.uid, room=frame.room, ttl=frame.ttl, max_guests=frame.max_guests))
+
+
+@ops.handles(wire.ConfLinksFrame)
+async def conf_links(conn: Connection, frame: wire.ConfLinksFrame) -> dict[str, Any]:
+    conn.require_member(frame.room)
+    return await conn.edge.chat("conf_links", wire.ConfLinks(user_id=conn.uid, room=frame.room))
+
+
+@ops.handles(wire.ConfLinkRevokeFrame)
+async def conf_link_revoke(conn: Connection, frame: wire.ConfLinkRevokeFrame) -> dict[str, Any]:
+    """No membership check here: an admin may revoke a link of any room (chat decides)."""
+    result: dict[str, Any] = await conn.edge.chat("conf_link_revoke", wire.ConfLinkRevoke(
+        user_id=conn.uid, room=frame.room, link=frame.link))
+    return await conn.edge.close_guests(result)

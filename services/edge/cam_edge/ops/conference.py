@@ -148,7 +148,7 @@ class Conferences:
             await conn.edge.hub.leave_conference(room, conn)
 
 
-@ops.handles(wire.ConfJoinFrame)
+@ops.handles(wire.ConfJoinFrame, guest=True)
 async def conf_join(conn: Connection, frame: wire.ConfJoinFrame) -> dict[str, Any]:
     conn.require_member(frame.room)
     confs = conn.confs
@@ -168,7 +168,7 @@ async def conf_join(conn: Connection, frame: wire.ConfJoinFrame) -> dict[str, An
     return {**result, "ice_servers": ice_servers(conn.edge.settings, conn.uid)}
 
 
-@ops.handles(wire.ConfLeaveFrame)
+@ops.handles(wire.ConfLeaveFrame, guest=True)
 async def conf_leave(conn: Connection, frame: wire.ConfLeaveFrame) -> dict[str, Any]:
     if frame.room not in conn.confs:
         raise CamError(NOT_IN_CONFERENCE, errors.NOT_IN_CONFERENCE)
@@ -187,7 +187,7 @@ async def conf_leave(conn: Connection, frame: wire.ConfLeaveFrame) -> dict[str, 
     return result
 
 
-@ops.handles(wire.ConfParticipantsFrame)
+@ops.handles(wire.ConfParticipantsFrame, guest=True)
 async def conf_participants(conn: Connection, frame: wire.ConfParticipantsFrame) -> dict[str, Any]:
     conn.require_member(frame.room)
     return await _video("participants", conn, wire.ConfParticipants(room=frame.room))
@@ -199,7 +199,7 @@ async def conf_explain(conn: Connection, frame: wire.ConfExplainFrame) -> dict[s
     return await _video("explain", conn, wire.ConfExplain(room=frame.room))
 
 
-@ops.handles(wire.ConfSignalFrame)
+@ops.handles(wire.ConfSignalFrame, guest=True)
 async def conf_signal(conn: Connection, frame: wire.ConfSignalFrame) -> dict[str, Any]:
     if frame.room not in conn.confs:
         raise CamError("join the conference first", errors.NOT_IN_CONFERENCE)

@@ -35,6 +35,9 @@ class Op:
     handler: Handler
     anonymous: bool = False
     """True if a connection may use it before ``auth`` succeeds."""
+    guest: bool = False
+    """True if a guest's connection (a meeting link's session) may use it; a guest may
+    use nothing else (``Connection._frame``)."""
 
 
 def op_name(frame: type[wire.Frame]) -> str:
@@ -51,14 +54,14 @@ class OpGroup:
         self.family = family
         self.ops: list[Op] = []
 
-    def handles(self, frame: type[F], *, anonymous: bool = False
+    def handles(self, frame: type[F], *, anonymous: bool = False, guest: bool = False
                 ) -> Callable[[Callable[[Connection, F], Awaitable[Any]]],
                               Callable[[Connection, F], Awaitable[Any]]]:
         """Register the decorated function as the handler of ``frame``."""
 
         def register(fn: Callable[[Connection, F], Awaitable[Any]]
                      ) -> Callable[[Connection, F], Awaitable[Any]]:
-            self.ops.append(Op(frame, fn, anonymous))
+            self.ops.append(Op(frame, fn, anonymous, guest))
             return fn
 
         return register

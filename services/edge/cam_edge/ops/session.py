@@ -3,13 +3,16 @@
 ``auth`` resolves the session token (the accounts tables), subscribes to the user's
 events (``cam.user.<id>``) and starts delivering every room of the user, from the
 resume point the client gave or from the room's head.
+
+A guest's session (``camcore.guests``) gets no rooms: its connection only hears of its
+session's revocation, and may only use the ops marked ``guest`` for its link's room.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from camcore import PROTOCOL_VERSION, accounts, errors, protocol, wire
+from camcore import PROTOCOL_VERSION, accounts, errors, guests, protocol, wire
 from camcore.errors import CamError
 
 from .registry import OpGroup
@@ -20,12 +23,12 @@ if TYPE_CHECKING:
 ops = OpGroup("session")
 
 
-@ops.handles(wire.Ping, anonymous=True)
+@ops.handles(wire.Ping, anonymous=True, guest=True)
 async def ping(conn: Connection, frame: wire.Ping) -> dict[str, Any]:
     return {"pong": True}
 
 
-@ops.handles(wire.Auth, anonymous=True)
+@ops.handles(wire.Auth, anonymous=True, guest=True)
 async def auth(conn: Connection, frame: wire.Auth) -> dict[str, Any]:
     if frame.v != PROTOCOL_VERSION:
         raise CamError(f"protocol version {frame.v} is not supported; this server speaks "
@@ -50,6 +53,8 @@ async def auth(conn: Connection, frame: wire.Auth) -> dict[str, Any]:
     except BaseException:
         conn.edge.counts.close_user(user.id)
         raise
+    if user.is_guest:
+        return await _guest(conn, user, token)
     try:
         # Every page, though the reply carries only the first: all rooms are delivered.
         first = await conn.edge.chat("list_rooms", wire.ListRooms(user_id=user.id))
@@ -75,3 +80,18 @@ async def auth(conn: Connection, frame: wire.Auth) -> dict[str, Any]:
     await conn.recheck(list(conn.cursors))
     return {"user": user.public(), "rooms": first["rooms"], "next": first["next"],
             "node": conn.edge.settings.node_name, "resync": resync}
+
+
+async def _guest(conn: Connection, user: accounts.User, token: str) -> dict[str, Any]:
+    """The rest of ``auth`` for a guest: no rooms, and its link's scope."""
+    try:
+        scope = await guests.scope(conn.edge.pool, token)
+        if scope is None:  # revoked or expired since resolve_session
+            raise CamError("session is invalid, expired or revoked", errors.UNAUTHENTICATED)
+    except BaseException:
+        conn.edge.counts.close_user(user.id)
+        await conn.edge.hub.remove_user(user.id, conn)
+        raise
+    conn.authenticated(user, token)
+    return {"user": user.public(), "rooms": [], "next": None,
+            "node": conn.edge.settings.node_name, "resync": [], "guest": scope}
