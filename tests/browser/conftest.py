@@ -16,6 +16,9 @@
   other edge; no load balancer (cam.serverURLDomain names the edge itself).
 - ``lb_web_cluster``: the same behind HAProxy (tests/integration/lb_fixtures.py), with
   cam.serverURLDomain naming the load balancer, so ``/api/cluster`` reports one.
+- ``video_web_cluster``: ``web_cluster`` with conferences: two real Janus SFUs (v1
+  first in fill order, then v2) and a video allocator probing them every 0.3 s, so a
+  killed Janus's conferences move to the other.
 - ``web_user``: a user with a display name of its own (what sender names show).
 """
 
@@ -40,7 +43,7 @@ from playwright.async_api import Browser, BrowserContext, async_playwright
 
 from camclient import Client, login
 from camcore import accounts, db
-from camctl import lb
+from camctl import lb, rig
 from tests.conftest import Cluster
 from tests.integration.lb_fixtures import LbCluster, start_lb_cluster
 
@@ -49,6 +52,7 @@ from .pages import INIT_SCRIPT, ChatPage, Problems, WebUser
 ARTIFACTS = Path(os.environ.get("CAM_TEST_ARTIFACTS") or Path(__file__).parent / "artifacts")
 CHROMIUM = os.environ.get("CAM_CHROMIUM") or "/usr/bin/chromium"
 NODES = ("camserver1", "camserver2")
+VIDEO_ADMIN_KEY = "browser-video-admin-key"
 REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 
 
@@ -199,6 +203,7 @@ class WebCluster:
     cluster: Cluster
     made: LbCluster
     balancer: lb.LoadBalancer | None = None
+    sfus: dict[str, rig.Janus] = field(default_factory=dict)
     clients: list[Client] = field(default_factory=list)
 
     def edge_url(self, node: str) -> str:
@@ -249,14 +254,26 @@ def _cluster_info(url: str, verify: Any = True) -> dict[str, Any]:
 
 
 async def _start(cluster_factory: Any, tmp_path: Path, stops: list[Callable[[], Awaitable[None]]],
-                 kinds: tuple[str, ...]) -> WebCluster:
+                 kinds: tuple[str, ...], sfus: dict[str, rig.Janus] | None = None) -> WebCluster:
+    video_env = None
+    if sfus:
+        video_env = {
+            "CAM_VIDEO_DOMAINS": ";".join(f"{n}=10" for n in sfus),
+            "CAM_VIDEO_SERVER_URLS": ";".join(f"{n}={s.url}" for n, s in sfus.items()),
+            "CAM_VIDEO_PROBE_INTERVAL": "0.3",
+            "CAM_VIDEO_ADMIN_KEY": VIDEO_ADMIN_KEY,
+        }
     # Started in a thread: the module's event loop also carries the browser's connection.
-    made = await asyncio.to_thread(start_lb_cluster, cluster_factory, tmp_path, kinds=kinds)
-    web = WebCluster(made.cluster, made, made.balancers.get(kinds[0]) if kinds else None)
+    made = await asyncio.to_thread(start_lb_cluster, cluster_factory, tmp_path, kinds=kinds,
+                                   video_env=video_env)
+    web = WebCluster(made.cluster, made, made.balancers.get(kinds[0]) if kinds else None,
+                     sfus=dict(sfus or {}))
 
     async def stop() -> None:
         await web.close_clients()
         await asyncio.to_thread(made.stop)
+        for sfu in web.sfus.values():
+            sfu.stop()
 
     stops.append(stop)
     return web
@@ -273,6 +290,26 @@ async def web_cluster(cluster_factory: Any, tmp_path: Path, cluster_stops: list[
         assert info["hosts"] == [web.host(n) for n in order], info
         assert info["node"] == node and info["load_balancer"] is False, info
     return web
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def video_web_cluster(cluster_factory: Any, tmp_path: Path,
+                            cluster_stops: list[Any]) -> WebCluster:
+    """``web_cluster`` with two real Janus SFUs, v1 and v2, and a video allocator."""
+    if rig.janus_binary() is None:
+        pytest.fail("janus not found: the conference tests need a real Janus SFU "
+                    "(apt-get install -y janus)")
+    sfus = {name: rig.Janus(tmp_path, name, admin_key=VIDEO_ADMIN_KEY,
+                            rtp_range=(23000 + i * 200, 23199 + i * 200))
+            for i, name in enumerate(("v1", "v2"))}
+    try:
+        for sfu in sfus.values():
+            await asyncio.to_thread(sfu.start)
+        return await _start(cluster_factory, tmp_path, cluster_stops, (), sfus)
+    except BaseException:
+        for sfu in sfus.values():
+            sfu.stop()
+        raise
 
 
 @pytest_asyncio.fixture(loop_scope="module")

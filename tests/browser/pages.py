@@ -23,6 +23,9 @@ TIMEOUT = 10_000
 render, with room for a loaded 2-core machine."""
 FAILOVER_TIMEOUT = 40_000
 """Milliseconds for a page to notice a dead node and come back on another."""
+MEDIA_TIMEOUT = 30_000
+"""Milliseconds for media to flow: ICE, DTLS and the first decoded frames, or a move to
+another video server and all of that again."""
 TITLE = "camcluster"
 RECONNECTING = "Reconnecting…"
 
@@ -368,6 +371,34 @@ class ChatPage:
         """Every message element of the selected room, in DOM order."""
         raw = await self.tid("message-list").get_by_test_id("message").evaluate_all(MESSAGES_JS)
         return [Shown.of(r) for r in raw]
+
+    # -- conferences
+
+    def tile(self, user_id: int) -> Locator:
+        """The conference tile of another participant, ``user_id``."""
+        return self.page.locator(f'[data-testid="conf-tile"][data-user="{user_id}"]:not([data-local])')
+
+    async def meet(self) -> None:
+        """Join the selected room's conference with the Meet button."""
+        await self.tid("meet-button").click()
+        await expect(self.tid("conference")).to_be_visible(timeout=TIMEOUT)
+
+    async def video_frames(self, user_id: int) -> int:
+        """Inbound video frames decoded of ``user_id``'s feed, as the page read them from
+        its RTCPeerConnection.getStats() (the tile's ``data-frames``)."""
+        return int(await self.tile(user_id).get_attribute("data-frames") or 0)
+
+    async def receives_video_of(self, user_id: int, timeout: int = MEDIA_TIMEOUT) -> int:
+        """Wait until this page decodes ``user_id``'s video and keeps decoding it: the
+        frame count rises above zero, then rises again. Returns the last count."""
+        tile = self.tile(user_id)
+        await expect(tile).to_have_count(1, timeout=timeout)
+        await expect(tile).to_have_attribute("data-frames", re.compile(r"^[1-9]\d*$"), timeout=timeout)
+        first = await self.video_frames(user_id)
+        await expect(tile).not_to_have_attribute("data-frames", str(first), timeout=timeout)
+        later = await self.video_frames(user_id)
+        assert later > first, (first, later)
+        return later
 
     async def set_status(self, status: str) -> None:
         await self.tid("status-picker").select_option(status)

@@ -52,12 +52,14 @@ class LbCluster:
 
 def start_lb_cluster(cluster_factory: Any, workdir: Path, kinds: Sequence[str] = lb.KINDS, *,
                      nodes: int = 2, private_bus: Sequence[str] = (),
-                     edge_env: Mapping[str, str] | None = None) -> LbCluster:
+                     edge_env: Mapping[str, str] | None = None,
+                     video_env: Mapping[str, str] | None = None) -> LbCluster:
     """Edges camserver1..N listed in cam.clusterHosts (own host first), trusting only
     lb.SOURCE_ADDRESS, the address the load balancers connect from (as ``camctl up``
     runs them), with cam.serverURLDomain naming the first load balancer of ``kinds``
     (with none, naming the edge itself: no load balancer in front). ``edge_env`` adds
-    settings to every edge.
+    settings to every edge. ``video_env`` (cam.videoDomains and the rest, for every
+    process) also starts a video allocator.
 
     An edge named in ``private_bus`` gets a NATS server of its own (and so can lose
     its bus, and its health, alone); the others share a two-server NATS cluster.
@@ -69,8 +71,11 @@ def start_lb_cluster(cluster_factory: Any, workdir: Path, kinds: Sequence[str] =
         c.edge_ports[name] = rig.free_port()
     ports = {kind: rig.free_port() for kind in kinds}
     public = f"https://{lb.LB_HOST}:{ports[kinds[0]]}" if kinds else ""
+    c.extra_env.update(video_env or {})
     c.start_chat("chat1")
     c.start_presence("presence1")
+    if video_env:
+        c.start_video("video1")
     try:
         for i, name in enumerate(names):
             order = names[i:] + names[:i]

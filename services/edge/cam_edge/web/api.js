@@ -1,4 +1,4 @@
-// REST calls: login, logout, cluster facts (docs/protocol.md, "REST endpoints").
+// REST calls: login, logout, guest sessions, cluster facts (docs/protocol.md, "REST endpoints").
 
 export class ApiError extends Error {
   constructor(code, message, status, retryAfter) {
@@ -41,6 +41,11 @@ export function login(username, password) {
 // base: the origin to send it to ('' = this page's); the token names the session.
 export function logout(token, base = '') {
   return call('POST', `${base}/api/logout`, { token });
+}
+
+// A guest's name for a meeting link -> {token, user, room: {id, name}, expires_at}
+export function guest(token, name) {
+  return call('POST', '/api/guest', { body: { token, name } });
 }
 
 // -> {node, hosts, own_host, load_balancer, server_url_domain, protocol, ...}

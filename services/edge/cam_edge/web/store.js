@@ -1,5 +1,6 @@
 // The app's state: session, rooms, messages per room (deduplicated by seq), own
-// pending messages (by cid), unread counts and read markers, presence, typing.
+// pending messages (by cid), unread counts and read markers, presence, typing, and a
+// guest's meeting link. The conference (conference.js) hooks into frames and auth.
 // Components read `state` and re-render on `subscribe`; the functions below are the
 // only writers.
 
@@ -7,6 +8,8 @@ import * as api from './api.js';
 import { Conn, RequestError, wsUrls } from './conn.js';
 
 const TOKEN_KEY = 'cam.token';
+const GUEST_KEY = 'cam.guest';
+const MEET_PREFIX = '#meet/';
 const STATUS_KEY = 'cam.status';
 const PAGE = 50;
 const UNREAD_CAP = 1000;
@@ -22,8 +25,27 @@ function storageSet(storage, key, value) {
   try { if (value == null) storage.removeItem(key); else storage.setItem(key, value); } catch { /* ignore */ }
 }
 
+// A meeting link (<origin>/#meet/<token>) makes this tab a guest's: it never uses a
+// member's session, and keeps its own guest session for reloads of the same link.
+function meetLink() {
+  const hash = window.location.hash || '';
+  return hash.startsWith(MEET_PREFIX) ? decodeURIComponent(hash.slice(MEET_PREFIX.length)) : null;
+}
+function storedGuest(link) {
+  if (!link) return null;
+  try {
+    const g = JSON.parse(storageGet(sessionStorage, GUEST_KEY) || 'null');
+    return g && g.link === link && g.token && g.guest ? g : null;
+  } catch { return null; }
+}
+const LINK = meetLink();
+const GUEST = storedGuest(LINK);
+
 export const state = {
-  token: storageGet(sessionStorage, TOKEN_KEY),
+  token: LINK ? (GUEST && GUEST.token) : storageGet(sessionStorage, TOKEN_KEY),
+  meetLink: LINK,           // the guest link this tab was opened with, if any
+  guest: GUEST ? GUEST.guest : null,   // {room, room_name, expires_at} for a guest
+  guestEnded: false,        // the guest's session ended (link revoked or expired)
   me: null,                 // {id, username, display_name}
   loginNotice: null,        // i18n key shown on the login form
   connected: false,
@@ -44,6 +66,9 @@ export const state = {
   statusUnsent: false,      // chosen while not connected: set it after the next auth
   version: 0,
 };
+
+// Other modules' hooks: frame(frame) -> true when handled, authed(result), ended().
+export const hooks = { frame: new Set(), authed: new Set(), ended: new Set() };
 
 // ---- change notification -------------------------------------------------------
 
@@ -163,6 +188,20 @@ export async function login(username, password) {
   start();
 }
 
+// A guest: the name goes with the link to POST /api/guest, which answers a session
+// for that link's conference only.
+export async function guestJoin(name) {
+  const res = await api.guest(state.meetLink, name);
+  state.token = res.token;
+  state.me = res.user;
+  state.guest = { room: res.room.id, room_name: res.room.name, expires_at: res.expires_at };
+  state.guestEnded = false;
+  storageSet(sessionStorage, GUEST_KEY, JSON.stringify({ link: state.meetLink, token: res.token,
+    guest: state.guest }));
+  emit();
+  start();
+}
+
 export async function start() {
   if (!state.token || conn) return;
   let info = null;
@@ -206,8 +245,15 @@ function resetData() {
 function endSession(notice) {
   if (conn) conn.stop();
   conn = null;
+  for (const fn of hooks.ended) fn();
   state.token = null;
-  storageSet(sessionStorage, TOKEN_KEY, null);
+  if (state.meetLink) {
+    storageSet(sessionStorage, GUEST_KEY, null);
+    state.guestEnded = state.guest != null;
+    state.guest = null;
+  } else {
+    storageSet(sessionStorage, TOKEN_KEY, null);
+  }
   resetData();
   state.loginNotice = notice;
   emit();
@@ -228,6 +274,17 @@ export async function logout() {
 }
 
 async function authed(result) {
+  if (state.guest) {
+    // A guest's connection delivers no rooms: only its meeting.
+    state.me = result.user;
+    state.connected = true;
+    state.everConnected = true;
+    state.node = result.node || conn.node;
+    state.connectedAt = Date.now();
+    for (const fn of hooks.authed) fn(result);
+    emit();
+    return;
+  }
   const first = !state.me || state.me.id !== result.user.id || !state.everConnected;
   state.me = result.user;
   if (first && !state.statusUnsent) {
@@ -245,6 +302,7 @@ async function authed(result) {
   for (const id of resync) resyncRoom(id);
   emit();
   resendPending();
+  for (const fn of hooks.authed) fn(result);
   const sel = state.selected;
   if (sel != null && state.rooms.has(sel) && !roomMsgs(sel).loaded) loadHistory(sel);
   // The rest of the rooms, page by page.
@@ -285,7 +343,9 @@ function handleFrame(frame) {
     case 'read': applyRead(frame.room, frame.read_seq); break;
     case 'presence': if (!state.me || frame.user !== state.me.id) onPresence(frame.user, frame.status); break;
     case 'typing': onTyping(frame); break;
-    default: return;
+    default:
+      for (const fn of hooks.frame) if (fn(frame)) return;
+      return;
   }
   emit();
 }

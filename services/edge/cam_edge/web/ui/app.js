@@ -1,9 +1,11 @@
-// The root component, the top bar and the connection banner.
+// The root component, the top bar and the connection banner; a meeting link's tab
+// is a guest's page instead (guest.js).
 
 import { html, useEffect, useState } from '../lib.js';
 import { onLangChange, t } from '../i18n.js';
 import * as store from '../store.js';
 import { LangSwitch } from './common.js';
+import { GuestApp } from './guest.js';
 import { Login } from './login.js';
 import { RoomView } from './room.js';
 import { Sidebar } from './sidebar.js';
@@ -76,5 +78,6 @@ export function App() {
   useEffect(() => {
     document.title = total > 0 ? `(${total}) camcluster` : 'camcluster';
   }, [total]);
+  if (store.state.meetLink) return html`<${GuestApp} />`;
   return store.state.token ? html`<${Shell} />` : html`<${Login} />`;
 }

@@ -1,10 +1,12 @@
-// The selected room: header, members, message list, typing indicator, composer.
+// The selected room: header, its conference, guest links, members, message list,
+// typing indicator, composer.
 
 import { html, useEffect, useLayoutEffect, useRef, useState } from '../lib.js';
 import { errorText, joinNames, t } from '../i18n.js';
 import { dayKey, dayText, fullTimeText, systemText, timeText } from '../format.js';
 import * as store from '../store.js';
 import { PresenceDot, splitNames } from './common.js';
+import { ConferenceView, GuestLinks, MeetButton } from './conference.js';
 
 const drafts = new Map();   // room id -> unsent text
 const BOTTOM_SLACK = 40;    // px from the bottom that still counts as "at the bottom"
@@ -249,8 +251,9 @@ export function RoomView() {
   const id = store.state.selected;
   const room = id != null ? store.state.rooms.get(id) : null;
   const [membersOpen, setMembersOpen] = useState(false);
+  const [guestsOpen, setGuestsOpen] = useState(false);
   const [error, setError] = useState(null);
-  useEffect(() => { setMembersOpen(false); setError(null); }, [id]);
+  useEffect(() => { setMembersOpen(false); setGuestsOpen(false); setError(null); }, [id]);
 
   if (!room) {
     return html`<main class="room room-empty"><p class="muted">${t('room.none')}</p></main>`;
@@ -267,6 +270,9 @@ export function RoomView() {
         <h2 class="room-title" id="room-title" data-testid="room-title">${String(room.name ?? '')}</h2>
         <span class="muted room-kind">${room.kind === 'direct' ? t('room.direct') : ''}</span>
         <span class="grow"></span>
+        <${MeetButton} room=${room} />
+        <button type="button" data-testid="guest-links-button" aria-expanded=${guestsOpen}
+          onClick=${() => setGuestsOpen(!guestsOpen)}>${t('guests.button')}</button>
         <button type="button" data-testid="members-button" aria-expanded=${membersOpen}
           onClick=${() => setMembersOpen(!membersOpen)}>
           ${t('room.members.count', { count: room.members })}</button>
@@ -274,6 +280,9 @@ export function RoomView() {
           ${t('room.leave')}</button>
       </header>
       ${error && html`<p class="error pad" role="alert">${error}</p>`}
+      ${store.state.conf && store.state.conf.room === room.id
+        && html`<${ConferenceView} title=${String(room.name ?? '')} />`}
+      ${guestsOpen && html`<${GuestLinks} room=${room} />`}
       ${membersOpen && html`<${Members} room=${room} />`}
       <${MessageList} key=${room.id} room=${room} />
       <${TypingIndicator} room=${room} />
