@@ -67,8 +67,8 @@ class HttpRefusal(CamError):
         return wire.encode({"error": {"code": self.code, "message": self.message}})
 
 
-def rate_limited(retry_after: float) -> HttpRefusal:
-    return HttpRefusal(f"too many login attempts; retry in {max(1, math.ceil(retry_after))} s",
+def rate_limited(retry_after: float, what: str = "login attempts") -> HttpRefusal:
+    return HttpRefusal(f"too many {what}; retry in {max(1, math.ceil(retry_after))} s",
                        errors.RATE_LIMITED, retry_after=retry_after)
 
 
@@ -91,43 +91,45 @@ class LoginGuard:
         self._max_waiting = concurrency * WAITING_PER_SLOT
         self._waiting = 0
 
+    def _address_keys(self, address: str | None) -> list[tuple[RateLimitItem, str, str]]:
+        return [(item, "address", address or "?") for item in self._address]
+
     def _keys(self, username: str, address: str | None
               ) -> list[tuple[RateLimitItem, str, str]]:
         keys = [(item, "account", username[:128]) for item in self._account]
-        return keys + [(item, "address", address or "?") for item in self._address]
+        return keys + self._address_keys(address)
 
-    def check(self, username: str, address: str | None) -> None:
-        """Raise a 429 refusal while the account or the address is locked out."""
+    def _refuse_while_locked(self, keys: list[tuple[RateLimitItem, str, str]],
+                             what: str = "login attempts") -> None:
+        """Raise a 429 refusal while any of ``keys`` is locked out."""
         wait: float | None = None
         now = time.time()
-        for item, kind, key in self._keys(username, address):
+        for item, kind, key in keys:
             if not self._limiter.test(item, kind, key):
                 stats = self._limiter.get_window_stats(item, kind, key)
                 wait = max(wait or 0.0, stats.reset_time - now)
         if wait is not None:
-            raise rate_limited(wait)
+            raise rate_limited(wait, what)
+
+    def _hit(self, keys: list[tuple[RateLimitItem, str, str]]) -> None:
+        for item, kind, key in keys:
+            self._limiter.hit(item, kind, key)
+
+    def check(self, username: str, address: str | None) -> None:
+        """Raise a 429 refusal while the account or the address is locked out."""
+        self._refuse_while_locked(self._keys(username, address))
 
     def failed(self, username: str, address: str | None) -> None:
-        for item, kind, key in self._keys(username, address):
-            self._limiter.hit(item, kind, key)
+        self._hit(self._keys(username, address))
 
     def check_address(self, address: str | None) -> None:
         """Raise a 429 refusal while the address is locked out (``POST /api/guest``)."""
-        wait: float | None = None
-        now = time.time()
-        for item in self._address:
-            if not self._limiter.test(item, "address", address or "?"):
-                stats = self._limiter.get_window_stats(item, "address", address or "?")
-                wait = max(wait or 0.0, stats.reset_time - now)
-        if wait is not None:
-            raise HttpRefusal(f"too many attempts; retry in {max(1, math.ceil(wait))} s",
-                              errors.RATE_LIMITED, retry_after=wait)
+        self._refuse_while_locked(self._address_keys(address), "attempts")
 
     def failed_address(self, address: str | None) -> None:
         """One failure of the address that is not a login's (a meeting link that does
         not work): counted with its failed logins."""
-        for item in self._address:
-            self._limiter.hit(item, "address", address or "?")
+        self._hit(self._address_keys(address))
 
     def succeeded(self, username: str) -> None:
         """The right password ends the account's count (not the address's)."""
