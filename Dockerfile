@@ -1,8 +1,9 @@
 # One image for every cam service of the cluster; the command picks the service:
-# cam-edge (default), cam-chat, cam-presence, cam-health, cam-video-allocator, or
-# camctl (e.g. `camctl migrate`), or `python -m camctl.lb ...` (load balancer
-# certificate and probe), or `python -m camctl.secrets ...` (the bus credentials,
-# written as root for the cam account below, and the bus services' healthcheck).
+# cam-edge (default), cam-chat, cam-presence, cam-files, cam-health,
+# cam-video-allocator, or camctl (e.g. `camctl migrate`), or `python -m camctl.lb ...`
+# (load balancer certificate and probe), or `python -m camctl.secrets ...` (the bus
+# credentials, written as root for the cam account below, and the bus services'
+# healthcheck).
 # The Janus SFUs have an image of their own: deploy/janus/.
 FROM python:3.11-slim
 

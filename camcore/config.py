@@ -355,6 +355,19 @@ def _video_overflow(raw: str) -> str:
     return raw
 
 
+def _storage(raw: str) -> str:
+    if raw not in ("shared", "local", "s3"):
+        raise _Invalid("'shared' (every node mounts cam.serverDatePath), 'local' (no "
+                       "shared disk: nodes fetch from each other) or 's3'")
+    return raw
+
+
+def _http_url_or_empty(raw: str) -> str:
+    if raw and not re.match(r"^https?://[^/\s]+(/\S*)?$", raw):
+        raise _Invalid("an http:// or https:// URL")
+    return raw
+
+
 def _server_url_domain(raw: str) -> str:
     if not raw:
         return raw
@@ -988,6 +1001,143 @@ KEYS: Final[tuple[ConfigKey, ...]] = (
         "answered 'limit_reached'.",
         parse=_int_range(2, 10_000_000),
     ),
+    ConfigKey(
+        ini="cam.storage",
+        env="CAM_STORAGE",
+        field="storage",
+        default="shared",
+        description="Where attachments live: 'shared' (cam.serverDatePath, mounted by every "
+        "node), 'local' (each node's own disk; nodes fetch from the holder) or 's3'.",
+        parse=_storage,
+        format=str,
+        note="docs/storage.md describes each mode and how to move between them.",
+    ),
+    ConfigKey(
+        ini="cam.s3Endpoint",
+        env="CAM_S3_ENDPOINT",
+        field="s3_endpoint",
+        default="",
+        description="S3-compatible endpoint URL for cam.storage=s3 (empty: AWS).",
+        parse=_http_url_or_empty,
+        format=str,
+    ),
+    ConfigKey(
+        ini="cam.s3Bucket",
+        env="CAM_S3_BUCKET",
+        field="s3_bucket",
+        default="",
+        description="Bucket for cam.storage=s3 (it must exist).",
+        parse=_text,
+        format=str,
+    ),
+    ConfigKey(
+        ini="cam.s3Region",
+        env="CAM_S3_REGION",
+        field="s3_region",
+        default="us-east-1",
+        description="Region of the bucket for cam.storage=s3.",
+        parse=_non_empty,
+        format=str,
+    ),
+    ConfigKey(
+        ini="cam.s3AccessKey",
+        env="CAM_S3_ACCESS_KEY",
+        field="s3_access_key",
+        default="",
+        description="Access key id for cam.storage=s3.",
+        parse=_text,
+        format=str,
+    ),
+    ConfigKey(
+        ini="cam.s3SecretKey",
+        env="CAM_S3_SECRET_KEY",
+        field="s3_secret_key",
+        default="",
+        description="Secret access key for cam.storage=s3.",
+        parse=_text,
+        format=str,
+        note="Keep it secret; prefer the CAM_S3_SECRET_KEY environment variable.",
+    ),
+    ConfigKey(
+        ini="cam.clusterSecret",
+        env="CAM_CLUSTER_SECRET",
+        field="cluster_secret",
+        default="",
+        description="Secret shared by every node that signs node-to-node file fetches "
+        "(cam.storage=local); at least 32 characters.",
+        parse=_text,
+        format=str,
+        note="camctl up makes one; on hosts of your own, the same value on every server.",
+    ),
+    ConfigKey(
+        ini="cam.maxUploadBytes",
+        env="CAM_MAX_UPLOAD_BYTES",
+        field="max_upload_bytes",
+        default="104857600",
+        description="Largest attachment, in bytes; a larger upload is refused (413) while "
+        "it streams, and by the load balancer.",
+        parse=_int_range(1024, 68_719_476_736),
+    ),
+    ConfigKey(
+        ini="cam.userUploadBytesPerHour",
+        env="CAM_USER_UPLOAD_BYTES_PER_HOUR",
+        field="user_upload_bytes_per_hour",
+        default="2147483648",
+        description="Bytes one user may upload within an hour.",
+        parse=_int_range(1024, 2**50),
+    ),
+    ConfigKey(
+        ini="cam.userUploadsPerHour",
+        env="CAM_USER_UPLOADS_PER_HOUR",
+        field="user_uploads_per_hour",
+        default="300",
+        description="Attachments one user may upload within an hour.",
+        parse=_int_range(1, 10_000_000),
+    ),
+    ConfigKey(
+        ini="cam.userStorageBytes",
+        env="CAM_USER_STORAGE_BYTES",
+        field="user_storage_bytes",
+        default="10737418240",
+        description="Bytes of attachments one user may keep in total.",
+        parse=_int_range(1024, 2**60),
+    ),
+    ConfigKey(
+        ini="cam.userStorageFiles",
+        env="CAM_USER_STORAGE_FILES",
+        field="user_storage_files",
+        default="20000",
+        description="Attachments one user may keep in total.",
+        parse=_int_range(1, 100_000_000),
+    ),
+    ConfigKey(
+        ini="cam.userUploadsAtOnce",
+        env="CAM_USER_UPLOADS_AT_ONCE",
+        field="user_uploads_at_once",
+        default="4",
+        description="Uploads one user may have in progress at once, cluster-wide.",
+        parse=_int_range(1, 1000),
+    ),
+    ConfigKey(
+        ini="cam.imageMaxPixels",
+        env="CAM_IMAGE_MAX_PIXELS",
+        field="image_max_pixels",
+        default="25000000",
+        description="Largest image (width x height) decoded for thumbnails; a larger one, "
+        "or one that claims to be an image and is not, is refused.",
+        parse=_int_range(1, 89_478_485),
+        note="Well below Pillow's own bomb limit; decoding runs in a worker with a "
+        "memory limit.",
+    ),
+    ConfigKey(
+        ini="cam.uploadIdleTimeout",
+        env="CAM_UPLOAD_IDLE_TIMEOUT",
+        field="upload_idle_timeout",
+        default="30.0",
+        description="Seconds an upload may send nothing before it is refused (408).",
+        parse=_float_range(1.0, 3600.0),
+        format=repr,
+    ),
 )
 
 _BY_INI: Final[dict[str, ConfigKey]] = {key.ini: key for key in KEYS}
@@ -1054,6 +1204,21 @@ class Settings:
     session_recheck_interval: float
     rooms_per_hour: int
     max_room_members: int
+    storage: str
+    s3_endpoint: str
+    s3_bucket: str
+    s3_region: str
+    s3_access_key: str
+    s3_secret_key: str
+    cluster_secret: str
+    max_upload_bytes: int
+    user_upload_bytes_per_hour: int
+    user_uploads_per_hour: int
+    user_storage_bytes: int
+    user_storage_files: int
+    user_uploads_at_once: int
+    image_max_pixels: int
+    upload_idle_timeout: float
     unknown_keys: tuple[str, ...]
     """boot.ini keys and CAM_* environment variables that name no key (warned, ignored)."""
     source: str
@@ -1177,6 +1342,14 @@ def load_settings(
     if values["turn_servers"] and not values["turn_secret"]:
         raise ConfigError("cam.turnSecret", "", "the static-auth-secret of the TURN servers "
                           "when cam.turnServers is set", raw["cam.turnSecret"][1])
+    if values["storage"] == "s3":
+        for key_name, field in (("cam.s3Bucket", "s3_bucket"), ("cam.s3AccessKey", "s3_access_key"),
+                                ("cam.s3SecretKey", "s3_secret_key")):
+            if not values[field]:
+                raise ConfigError(key_name, "", "a value when cam.storage=s3", raw[key_name][1])
+    if values["cluster_secret"] and len(values["cluster_secret"]) < 32:
+        raise ConfigError("cam.clusterSecret", "***", "at least 32 characters",
+                          raw["cam.clusterSecret"][1])
     return Settings(**values, unknown_keys=tuple(unknown), source=file_path)
 
 

@@ -50,6 +50,10 @@ REQUEST_TOO_LARGE: Final = "request_too_large"
 UNSUPPORTED_MEDIA_TYPE: Final = "unsupported_media_type"
 RATE_LIMITED: Final = "rate_limited"
 LIMIT_REACHED: Final = "limit_reached"
+FILE_TOO_LARGE: Final = "file_too_large"
+QUOTA_EXCEEDED: Final = "quota_exceeded"
+BAD_IMAGE: Final = "bad_image"
+RANGE_NOT_SATISFIABLE: Final = "range_not_satisfiable"
 
 
 class Code(NamedTuple):
@@ -98,6 +102,16 @@ CODES: Final[dict[str, Code]] = {
     LIMIT_REACHED: Code(409, "a configured bound is reached (members per room, watched "
                              "users, meeting links per room, guests per link); the request "
                              "was not carried out"),
+    FILE_TOO_LARGE: Code(413, "the upload is over cam.maxUploadBytes (refused while it "
+                              "streamed; nothing was kept)"),
+    QUOTA_EXCEEDED: Code(429, "the upload would pass one of the user's quotas (bytes or "
+                              "files per hour, in total, or uploads at once); Retry-After "
+                              "says when the hourly ones allow it again"),
+    BAD_IMAGE: Code(422, "the upload claims to be an image (name or type) but is not a "
+                         "PNG, JPEG, GIF or WebP that can be decoded within "
+                         "cam.imageMaxPixels; nothing was kept"),
+    RANGE_NOT_SATISFIABLE: Code(416, "the Range header asks for bytes past the end of the "
+                                     "file"),
 }
 
 #: Every code with the meaning documented in docs/protocol.md.

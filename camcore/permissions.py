@@ -8,8 +8,10 @@ has no business sending a subject is refused by the server itself, whatever it t
 - only chat replicas publish room events and ``room_added``;
 - only presence replicas publish presence changes;
 - only video allocators publish conference membership and moves;
-- edges make the requests they need (no ``cam.video.rpc.admin``) and publish only what
-  they own: typing, ``session_revoked``, conference signalling and their heartbeats;
+- files replicas publish nothing but their heartbeats;
+- edges make the requests they need (chat, presence, files and video, but no
+  ``cam.video.rpc.admin``) and publish only what they own: typing, ``session_revoked``,
+  conference signalling and their heartbeats;
 - services answer requests they received (``allow_responses``) and nothing else;
 - the ``operator`` credential (``camctl``, readiness probes) may do everything,
   admin subjects included.
@@ -50,7 +52,7 @@ def inbox_prefix(kind: str) -> str:
 
 PERMISSIONS: Final[dict[str, Permission]] = {
     "edge": Permission(
-        publish=(f"{s.CHAT_RPC}.*", f"{s.PRESENCE_RPC}.*",
+        publish=(f"{s.CHAT_RPC}.*", f"{s.PRESENCE_RPC}.*", f"{s.FILES_RPC}.*",
                  *(f"{s.VIDEO_RPC}.{op}" for op in ("join", "leave", "participants", "explain")),
                  s.HEALTH_CLUSTER, "cam.room.*.typing", "cam.user.*.session", "cam.conf.*.signal",
                  "cam.hb.edge.*"),
@@ -59,6 +61,9 @@ PERMISSIONS: Final[dict[str, Permission]] = {
     "chat": Permission(
         publish=("cam.room.*.ev", "cam.user.*.ev", "cam.hb.chat.*"),
         subscribe=(s.CHAT_RPC_ALL, _inbox("chat")), responds=True),
+    "files": Permission(
+        publish=("cam.hb.files.*",),
+        subscribe=(f"{s.FILES_RPC}.*", _inbox("files")), responds=True),
     "presence": Permission(
         publish=("cam.presence.user.*", "cam.hb.presence.*"),
         subscribe=(f"{s.PRESENCE_RPC}.*", _inbox("presence")), responds=True),

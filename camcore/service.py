@@ -1,8 +1,8 @@
 """The life of a bus service replica: connect, serve its queue group, heartbeat, stop.
 
-Chat, presence and the video allocator differ only in what they serve; this is the
-rest, written once. Their background loops run watched (``camcore.loops``): a crash is
-logged and the loop restarted, or, for a fatal loop, the replica stops with an error.
+Chat, presence, files and the video allocator differ only in what they serve; this is
+the rest, written once. Their background loops run watched (``camcore.loops``): a crash
+is logged and the loop restarted, or, for a fatal loop, the replica stops with an error.
 """
 
 from __future__ import annotations

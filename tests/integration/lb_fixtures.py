@@ -74,6 +74,7 @@ def start_lb_cluster(cluster_factory: Any, workdir: Path, kinds: Sequence[str] =
     c.extra_env.update(video_env or {})
     c.start_chat("chat1")
     c.start_presence("presence1")
+    c.start_files("files1")
     if video_env:
         c.start_video("video1")
     try:

@@ -133,6 +133,14 @@ def test_a_wrong_password_is_refused_and_the_right_one_accepted(bus: Cluster):
     ("video", subjects.user_events(5), {"type": "room_added"}, subjects.conf_events(7)),
     # Health may only beat and answer.
     ("health", subjects.room_events(7), {"room": 7, "seq": 1}, "cam.hb.health.h1"),
+    # Files too: no room event (a forged file message), no chat request as a user, no
+    # room_added.
+    ("files", subjects.room_events(7), {"room": 7, "seq": 1, "kind": "file"}, "cam.hb.files.f1"),
+    ("files", subjects.chat_rpc("send"), {"user_id": 1, "room": 7, "body": "as alice"},
+     "cam.hb.files.f1"),
+    ("files", subjects.user_events(5), {"type": "room_added"}, "cam.hb.files.f1"),
+    # Only edges (and operators) ask the files service.
+    ("chat", subjects.files_rpc("usage"), {"user_id": 1}, subjects.room_events(7)),
 ])
 async def test_a_forged_publish_is_refused_by_the_server(
         bus: Cluster, watcher: tuple[NATS, list[tuple[str, bytes]]], kind: str, subject: str,
@@ -171,7 +179,10 @@ async def test_an_edge_cannot_drain_a_video_server(
     ("edge", subjects.CHAT_RPC_ALL),        # others' chat requests
     ("chat", subjects.PRESENCE_USER_ALL),
     ("presence", subjects.ROOM_EVENTS_ALL),
+    ("files", subjects.ROOM_EVENTS_ALL),
+    ("edge", f"{subjects.FILES_RPC}.*"),    # others' files requests
     ("edge", "_INBOX.chat.>"),              # another kind's replies
+    ("files", "_INBOX.edge.>"),
 ])
 async def test_a_subscription_outside_the_credential_is_refused(bus: Cluster, kind: str,
                                                                 subject: str):
@@ -189,10 +200,12 @@ async def test_every_kind_can_do_its_own_job(bus: Cluster,
                                              watcher: tuple[NATS, list[tuple[str, bytes]]]):
     """The permissions are not so tight that the cluster cannot work."""
     _, seen = watcher
-    own = {"edge": subjects.room_typing(3), "chat": subjects.room_events(3),
-           "presence": subjects.presence_user(3), "video": subjects.conf_events(3),
-           "health": "cam.hb.health.x"}
-    for kind, subject in own.items():
+    own = [("edge", subjects.room_typing(3)), ("edge", subjects.files_rpc("usage")),
+           ("chat", subjects.room_events(3)), ("files", "cam.hb.files.x"),
+           ("presence", subjects.presence_user(3)), ("video", subjects.conf_events(3)),
+           ("health", "cam.hb.health.x")]
+    assert {kind for kind, _ in own} == set(permissions.PERMISSIONS) - {"operator"}
+    for kind, subject in own:
         conn = await as_kind(bus, kind)
         assert conn.nc is not None
         try:

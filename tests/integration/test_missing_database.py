@@ -11,7 +11,7 @@ import pytest
 
 
 @pytest.mark.parametrize("module", ["cam_edge.main", "cam_chat.main", "cam_presence.main",
-                                    "cam_video_allocator.main"])
+                                    "cam_files.main", "cam_video_allocator.main"])
 def test_a_server_without_a_database_url_says_so_in_one_line(module: str, tmp_path: Path):
     env = {"PATH": "/usr/bin:/bin", "CAM_SERVER_DATE_PATH": str(tmp_path), "HOME": str(tmp_path)}
     r = subprocess.run([sys.executable, "-m", module], capture_output=True, text=True, env=env,

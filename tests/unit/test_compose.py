@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 IMAGE = "camcluster:latest"
 JANUS_CONTEXT = ROOT / "deploy" / "janus"
-SCALABLE = ("chat", "presence", "health", "video-allocator")
+SCALABLE = ("chat", "presence", "files", "health", "video-allocator")
 ONE_SHOT = ("secrets", "migrate", "lb-cert")
 EDGES = ("camserver1", "camserver2")
 JANUS = ("video1", "video2")
@@ -62,7 +62,8 @@ NATS = ("nats1", "nats2", "nats3")
 #: The kind of process (camcore/permissions.py) each cam command runs, hence its
 #: credential; camctl is the operator's tool.
 KIND_OF = {"cam-edge": "edge", "cam-chat": "chat", "cam-presence": "presence",
-           "cam-health": "health", "cam-video-allocator": "video", "camctl": "operator"}
+           "cam-files": "files", "cam-health": "health", "cam-video-allocator": "video",
+           "camctl": "operator"}
 CREDENTIALS_ENV = "CAM_NATS_CREDENTIALS"
 # What the load balancer's health check wants (cluster-spec.md section 5).
 HEALTH_PATH = "/CAMServer/healthCheck"

@@ -19,7 +19,7 @@ import asyncpg
 import msgspec
 from nats.aio.client import Client as NATS
 
-from camcore import audit, db, errors, guests, subjects, wire
+from camcore import audit, db, errors, files, guests, subjects, wire
 from camcore.errors import CamError, RequestError
 from camcore.loops import every
 from camcore.service import Loop, ReplicaBase
@@ -154,6 +154,7 @@ class ChatService(ReplicaBase):
             "invite": (wire.Invite, self.invite),
             "list_rooms": (wire.ListRooms, self.list_rooms),
             "send": (wire.SendMessage, self.send),
+            "send_file": (wire.SendFile, self.send_file),
             "history": (wire.History, self.history),
             "members": (wire.Members, self.members),
             "room_info": (wire.RoomInfo, self.room_info),
@@ -227,14 +228,14 @@ class ChatService(ReplicaBase):
         )
         if row is None:
             raise CamError(NOT_A_MEMBER, errors.NOT_A_MEMBER)
-        if row["duplicate"] and kind == "text":
+        if row["duplicate"] and kind in ("text", "file"):
             stored = await conn.fetchrow(
                 "SELECT kind, body FROM messages WHERE room_id = $1 AND seq = $2", room, row["seq"]
             )
             if stored["kind"] == "deleted":
                 # Stored, then deleted by an admin: acknowledge it, never publish it again.
                 kind, body = "deleted", ""
-            elif stored["body"] != body:
+            elif stored["kind"] != kind or (kind == "text" and stored["body"] != body):
                 raise CamError(
                     f"client message id {cid!r} was already used for another message",
                     errors.CONFLICT,
@@ -529,14 +530,50 @@ class ChatService(ReplicaBase):
         await self._publish_message(msg)
         return {"room": msg.room, "seq": msg.seq, "cid": msg.cid, "ts": msg.ts}
 
+    async def send_file(self, req: wire.SendFile) -> dict[str, Any]:
+        """The message of kind ``file`` for an upload the caller committed into this room
+        (the edge's upload route; clients cannot send this op). Idempotent by cid like
+        ``send``; one message per file."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT * FROM files WHERE id = $1 AND room_id = $2 AND uploader_id = $3"
+                " AND state = 'ready' FOR UPDATE", req.file_id, req.room, req.user_id)
+            if row is None:
+                raise CamError("no such upload", errors.NOT_FOUND)
+            await self._refuse_blocked_send(conn, wire.SendMessage(
+                user_id=req.user_id, room=req.room, cid=req.cid, body=row["name"]))
+            msg = await self._post(conn, req.room, req.user_id, req.cid, "file", row["name"])
+            attached = await conn.fetchval(
+                "SELECT file_id FROM messages WHERE room_id = $1 AND seq = $2", req.room, msg.seq)
+            fresh = attached is None and msg.kind == "file"
+            if fresh:
+                other = await conn.fetchval(
+                    "SELECT seq FROM messages WHERE file_id = $1", req.file_id)
+                if other is not None:
+                    raise CamError(f"file {req.file_id} was already sent (seq {other})",
+                                   errors.CONFLICT)
+                await conn.execute("UPDATE messages SET file_id = $3 WHERE room_id = $1"
+                                   " AND seq = $2", req.room, msg.seq, req.file_id)
+            elif attached != req.file_id and msg.kind != "deleted":
+                raise CamError(f"client message id {req.cid!r} was already used for another "
+                               "message", errors.CONFLICT)
+        if msg.kind == "file":
+            msg.file = wire.FileInfo(**files.info(row))
+        if fresh:  # a retry of a stored send is acknowledged, not published again
+            await self._publish_message(msg)
+        return {"room": msg.room, "seq": msg.seq, "cid": msg.cid, "ts": msg.ts}
+
     async def history(self, req: wire.History) -> dict[str, Any]:
         if req.before is not None and req.after is not None:
             raise RequestError("give 'before' or 'after', not both")
         async with self.pool.acquire() as conn:
             await self._require_member(conn, req.room, req.user_id)
             base = (
-                "SELECT m.seq, m.cid, m.sender_id, u.username, m.kind, m.body, m.created_at"
-                " FROM messages m JOIN users u ON u.id = m.sender_id WHERE m.room_id = $1"
+                "SELECT m.seq, m.cid, m.sender_id, u.username, m.kind, m.body, m.created_at,"
+                " f.id, f.name, f.size, f.content_type, f.width, f.height"
+                " FROM messages m JOIN users u ON u.id = m.sender_id"
+                " LEFT JOIN files f ON f.id = m.file_id AND m.kind = 'file'"
+                " WHERE m.room_id = $1"
             )
             if req.after is not None:
                 rows = await conn.fetch(
@@ -557,7 +594,8 @@ class ChatService(ReplicaBase):
         messages = [
             wire.Message(room=req.room, seq=r["seq"], cid=r["cid"], sender=r["sender_id"],
                          sender_name=r["username"], kind=r["kind"], body=r["body"],
-                         ts=_ms(r["created_at"]))
+                         ts=_ms(r["created_at"]),
+                         file=wire.FileInfo(**files.info(r)) if r["id"] is not None else None)
             for r in rows
         ]
         # Large messages fill the byte budget before ``limit``: the page ends early, on

@@ -8,6 +8,7 @@ that exist only over HTTP (429, 413, 408, 415, 403) come from ``limits``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hmac
@@ -32,6 +33,7 @@ from camcore.loops import Loops, every
 
 from .connection import Connection
 from .context import Edge
+from .files import LOCAL_SWEEP_INTERVAL, FileRoutes, is_upload, request_token
 from .forwarded import ForwardedMiddleware
 from .headers import CorsMiddleware, OriginRules, SecurityHeadersMiddleware
 from .health import HealthProbe
@@ -130,6 +132,7 @@ def check_state_change(settings: Settings, request: Request) -> None:
 def create_app(settings: Settings, *, web_dir: Path = WEB_DIR) -> Starlette:
     """The edge; ``web_dir`` holds the web app it serves (the package's own by default)."""
     state: dict[str, Any] = {}
+    file_routes = FileRoutes(settings, lambda: state["edge"])
     guard = LoginGuard(max_failures=settings.login_max_failures,
                        address_max_failures=settings.login_address_max_failures,
                        window=settings.login_failure_window,
@@ -163,6 +166,7 @@ def create_app(settings: Settings, *, web_dir: Path = WEB_DIR) -> Starlette:
                                             per_user=settings.max_connections_per_user))
         state["edge"] = edge
         state["health"] = HealthProbe(edge)
+        await _start_files(file_routes, edge)
         try:
             async with Loops() as loops:
                 loops.start("edge heartbeat", bus.heartbeat(
@@ -177,6 +181,9 @@ def create_app(settings: Settings, *, web_dir: Path = WEB_DIR) -> Starlette:
                                                   functools.partial(repair_check, edge)))
                 loops.start("session check", every(settings.session_recheck_interval,
                                                    functools.partial(session_check, edge)))
+                if settings.storage == "local":
+                    loops.start("local file sweep", every(LOCAL_SWEEP_INTERVAL,
+                                                          file_routes.sweep_local))
                 log.info("edge %s ready", settings.node_name)
                 try:
                     yield
@@ -188,6 +195,7 @@ def create_app(settings: Settings, *, web_dir: Path = WEB_DIR) -> Starlette:
         finally:
             with contextlib.suppress(Exception):
                 await nc.drain()
+            await file_routes.close()
             await pool.close()
 
     def edge() -> Edge:
@@ -202,12 +210,6 @@ def create_app(settings: Settings, *, web_dir: Path = WEB_DIR) -> Starlette:
             return msgspec.json.decode(body, type=type_)
         except msgspec.MsgspecError as exc:
             raise CamError(f"invalid request body: {exc}", errors.BAD_REQUEST) from None
-
-    def request_token(request: Request) -> str | None:
-        auth = request.headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            return auth[7:].strip()
-        return request.cookies.get(protocol.SESSION_COOKIE)
 
     async def login(request: Request) -> Response:
         check_state_change(settings, request)
@@ -296,6 +298,20 @@ def create_app(settings: Settings, *, web_dir: Path = WEB_DIR) -> Starlette:
         return JSONResponse({"changed": True, "revoked_sessions": len(revoked)},
                             headers=NO_STORE)
 
+    async def upload(request: Request) -> Response:
+        """An attachment into a room (cam_edge.files). Refused before a byte is read
+        when the Origin may not call the API; a refusal while the body streams closes
+        the connection (the rest of the body is never read)."""
+        if not origin_allowed(settings, request.headers.get("origin"),
+                              request.headers.get("host")):
+            raise HttpRefusal("this origin may not call the API", errors.FORBIDDEN)
+        try:
+            return await file_routes.upload(request)
+        except CamError as exc:
+            response = error_response(errors.failure(exc))
+            response.headers["connection"] = "close"
+            return response
+
     async def cluster_view(request: Request) -> Response:
         await require_monitor(request)
         view = await bus.call(edge().nc, subjects.HEALTH_CLUSTER, wire.Empty(), timeout=2)
@@ -369,6 +385,11 @@ def create_app(settings: Settings, *, web_dir: Path = WEB_DIR) -> Starlette:
         Route("/api/password", rest(change_password), methods=["POST"]),
         Route("/api/cluster", rest(cluster), methods=["GET"]),
         Route("/api/cluster/view", rest(cluster_view), methods=["GET"]),
+        Route("/api/rooms/{room:int}/files", rest(upload), methods=["POST"]),
+        Route("/api/files/{file_id:str}", rest(file_routes.download), methods=["GET"]),
+        Route("/api/files/{file_id:str}/{variant:str}", rest(file_routes.download),
+              methods=["GET"]),
+        Route("/CAMServer/files/{key:str}", file_routes.peer, methods=["GET"]),
         WebSocketRoute("/ws", websocket),
         # The web app (docs/protocol.md, "Web app"): its page, then its files.
         Route("/", index_page(web_dir), methods=["GET", "HEAD"]),
@@ -378,7 +399,7 @@ def create_app(settings: Settings, *, web_dir: Path = WEB_DIR) -> Starlette:
         Middleware(SecurityHeadersMiddleware, settings=settings),
         Middleware(ForwardedMiddleware, trusted_proxies=settings.trusted_proxies),
         Middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes,
-                   timeout=settings.http_header_timeout),
+                   timeout=settings.http_header_timeout, exempt=is_upload),
         Middleware(CorsMiddleware, rules=_rules(settings))])
     app.state.cam = state
     return app
@@ -424,3 +445,15 @@ async def repair_check(edge: Edge) -> None:
         for room, head in heads["heads"]:
             for listener in edge.hub.room_listeners(room):
                 listener.behind(room, head)
+
+
+async def _start_files(routes: FileRoutes, edge: Edge) -> None:
+    """Clear this node's unfinished uploads of an earlier run, on disk and in the store
+    (the files service may be starting too: a miss is swept later)."""
+    await asyncio.to_thread(routes.clear_temp)
+    try:
+        await bus.call(edge.nc, subjects.files_rpc("abort_node"),
+                       wire.FilesAbortNode(user_id=0, node=edge.settings.node_name), timeout=2)
+    except CamError as exc:
+        log.info("unfinished uploads of %s not aborted now (%s); the sweep will",
+                 edge.settings.node_name, exc.message)

@@ -323,7 +323,7 @@ class Connection:
                 log.info("user %s is no longer in room %s: not delivering it", self.uid, room)
                 self.forget_room(room)
             raise
-        return [wire.Message(**m) for m in page["messages"]]
+        return msgspec.convert(page["messages"], list[wire.Message])
 
     # ------------------------------------------------------------ membership changes
 

@@ -63,11 +63,12 @@ class Listener(Protocol):
 
 def message_frame(msg: wire.Message) -> str:
     """The client frame of a stored message (docs/protocol.md, ``message``)."""
-    return wire.encode(
-        {"op": "message", "room": msg.room, "seq": msg.seq, "cid": msg.cid,
-         "sender": msg.sender, "sender_name": msg.sender_name, "kind": msg.kind,
-         "body": msg.body, "ts": msg.ts}
-    ).decode()
+    frame = {"op": "message", "room": msg.room, "seq": msg.seq, "cid": msg.cid,
+             "sender": msg.sender, "sender_name": msg.sender_name, "kind": msg.kind,
+             "body": msg.body, "ts": msg.ts}
+    if msg.file is not None:
+        frame["file"] = msg.file
+    return wire.encode(frame).decode()
 
 
 class _Interest:

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar, Final
 
 import h11
@@ -249,17 +249,20 @@ class BodyLimitMiddleware:
     """Pure ASGI: a request body over ``max_bytes`` gets 413 and the connection is closed;
     one that does not arrive within ``timeout`` seconds gets 408."""
 
-    def __init__(self, app: Any, max_bytes: int, timeout: float) -> None:
+    def __init__(self, app: Any, max_bytes: int, timeout: float,
+                 exempt: Callable[[str], bool] = lambda path: False) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout = timeout
+        self.exempt = exempt
+        """Paths that bound their own bodies (uploads: cam.maxUploadBytes)."""
 
     def too_large(self) -> HttpRefusal:
         return HttpRefusal(f"request body over {self.max_bytes} bytes", errors.REQUEST_TOO_LARGE,
                            close=True)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or self.exempt(scope["path"]):
             await self.app(scope, receive, send)
             return
         length = _header(scope, b"content-length")

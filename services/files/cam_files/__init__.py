@@ -1,0 +1,1 @@
+"""The files service: attachment metadata, quotas and the orphan sweep."""
