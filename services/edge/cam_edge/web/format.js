@@ -61,9 +61,22 @@ export function previewText(room, me, nameOf = (msg) => msg.sender_name ?? '') {
   if (msg.kind === 'text') text = String(msg.body ?? '');
   else if (msg.kind === 'system') text = systemText(msg);
   else if (msg.kind === 'deleted') text = t('message.deleted');
+  else if (msg.kind === 'file' && msg.file) text = t('preview.file', { name: String(msg.file.name ?? '') });
   if (text == null) return '';
   text = text.replace(/\s+/g, ' ').slice(0, 200);
-  if (me && msg.sender === me.id && msg.kind === 'text') return t('preview.you', { text });
-  if (room.kind === 'direct' && msg.kind === 'text') return text;
+  const own = msg.kind === 'text' || msg.kind === 'file';
+  if (me && msg.sender === me.id && own) return t('preview.you', { text });
+  if (room.kind === 'direct' && own) return text;
   return t('preview.sender', { name: nameOf(msg), text });
+}
+
+// A file size for people: 0 B, 999 B, 1.5 KB, 12 MB, 1.2 GB (units of 1024).
+export function sizeText(bytes) {
+  let n = Math.max(0, Number(bytes) || 0);
+  const units = ['size.b', 'size.kb', 'size.mb', 'size.gb', 'size.tb'];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+  const digits = i === 0 || n >= 100 ? 0 : 1;
+  const value = new Intl.NumberFormat(locale(), { maximumFractionDigits: digits }).format(n);
+  return t(units[i], { n: value });
 }

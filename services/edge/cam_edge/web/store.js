@@ -56,6 +56,7 @@ export const state = {
   roomsComplete: false,
   msgs: new Map(),          // id -> {bySeq: Map, list, hasMore, loading, loaded, error}
   pending: new Map(),       // cid -> {cid, room, body, ts, state: 'pending'|'failed', error}
+  uploads: new Map(),       // key -> {key, room, cid, file, name, size, loaded, total, state, error, message}
   lastSeq: new Map(),       // id -> last seq delivered (for resume)
   peers: new Map(),         // direct room id -> the other member's user id
   presence: new Map(),      // user id -> online/away/busy/offline
@@ -167,6 +168,7 @@ function mergeRoom(obj) {
 }
 
 function forgetRoom(id) {
+  for (const u of [...state.uploads.values()]) if (u.room === id) dropUpload(u);
   state.rooms.delete(id);
   state.msgs.delete(id);
   state.lastSeq.delete(id);
@@ -220,6 +222,8 @@ export async function start() {
 }
 
 function resetData() {
+  for (const u of [...state.uploads.values()]) dropUpload(u);
+  state.uploads = new Map();
   state.me = null;
   state.connected = false;
   state.everConnected = false;
@@ -302,6 +306,7 @@ async function authed(result) {
   for (const id of resync) resyncRoom(id);
   emit();
   resendPending();
+  pumpUploads();
   for (const fn of hooks.authed) fn(result);
   const sel = state.selected;
   if (sel != null && state.rooms.has(sel) && !roomMsgs(sel).loaded) loadHistory(sel);
@@ -457,7 +462,8 @@ function notify(room, msg) {
   if (!document.hidden || !notificationsAvailable() || Notification.permission !== 'granted') return;
   try {
     const n = new Notification(String(room.name || msg.sender_name), {
-      body: String(msg.body).slice(0, 200), tag: `cam-room-${room.id}`,
+      body: (msg.kind === 'file' && msg.file ? String(msg.file.name ?? '') : String(msg.body ?? '')).slice(0, 200),
+      tag: `cam-room-${room.id}`,
     });
     n.onclick = () => { window.focus(); select(room.id); n.close(); };
   } catch { /* not allowed here */ }
@@ -700,4 +706,121 @@ export async function directory(query) {
   const users = (await request('directory', fields)).users || [];
   learnUsers(users);
   return users;
+}
+
+// ---- file attachments ------------------------------------------------------------
+
+// REST calls go where the socket is (the node this page is connected to), like logout;
+// '' is this page's own origin (also while not connected).
+function restOrigin() {
+  const origin = conn && conn.connected ? conn.httpOrigin : '';
+  return origin === window.location.origin ? '' : origin;
+}
+
+let uploadKeys = 0;
+
+export function uploadList(id) {
+  return [...state.uploads.values()].filter((u) => u.room === id);
+}
+
+// Queue files for upload to room `id`; they go one after another, each as a message
+// of its own (kind "file") with a cid of its own.
+export function upload(id, files) {
+  for (const file of files) {
+    if (!file) continue;
+    const key = `u${++uploadKeys}`;
+    state.uploads.set(key, {
+      key, room: id, cid: newCid(), file, name: String(file.name || 'file'), size: file.size,
+      loaded: 0, total: file.size, state: 'queued', error: null, message: '', ctl: null,
+    });
+  }
+  emit();
+  pumpUploads();
+}
+
+export function cancelUpload(key) {
+  const u = state.uploads.get(key);
+  if (!u) return;
+  dropUpload(u);
+  emit();
+  pumpUploads();
+}
+
+// A failed upload again, with the same cid (the server keeps one message per cid).
+export function retryUpload(key) {
+  const u = state.uploads.get(key);
+  if (!u || u.state !== 'failed') return;
+  u.state = 'queued';
+  u.error = null;
+  u.message = '';
+  u.loaded = 0;
+  emit();
+  pumpUploads();
+}
+
+function dropUpload(u) {
+  const ctl = u.ctl;
+  u.ctl = null;
+  if (state.uploads.get(u.key) === u) state.uploads.delete(u.key);
+  if (ctl) ctl.abort();
+}
+
+// Start the next queued upload, when none is running and the page is connected.
+function pumpUploads() {
+  if (!conn || !conn.connected || !state.me) return;
+  let next = null;
+  for (const u of state.uploads.values()) {
+    if (u.state === 'uploading') return;
+    if (!next && u.state === 'queued') next = u;
+  }
+  if (next) startUpload(next);
+}
+
+function startUpload(u) {
+  u.state = 'uploading';
+  u.loaded = 0;
+  u.total = u.size;
+  const ctl = api.uploadFile({
+    base: restOrigin(), token: state.token, room: u.room, cid: u.cid, file: u.file,
+    onProgress: (loaded, total) => {
+      if (u.ctl !== ctl) return;
+      u.loaded = loaded;
+      u.total = total || u.size;
+      emit();
+    },
+  });
+  u.ctl = ctl;
+  emit();
+  ctl.promise.then((res) => {
+    if (u.ctl !== ctl) return;       // cancelled, or the session ended
+    u.ctl = null;
+    state.uploads.delete(u.key);
+    // Shown at once, like a sent text; the message frame with the same seq is dropped.
+    const m = res && res.message;
+    if (m && typeof m.seq === 'number' && res.file && state.me && state.rooms.has(u.room)) {
+      const msg = {
+        room: u.room, seq: m.seq, cid: m.cid ?? u.cid, sender: state.me.id,
+        sender_name: state.me.username, kind: 'file', body: '', ts: m.ts, file: res.file,
+      };
+      insertMessage(msg);
+      const room = state.rooms.get(u.room);
+      if (room && (!room.last_message || msg.seq > room.last_message.seq)) room.last_message = msg;
+    }
+    emit();
+    pumpUploads();
+  }, (err) => {
+    if (u.ctl !== ctl) return;
+    u.ctl = null;
+    u.state = 'failed';
+    u.error = err.code || 'internal';
+    u.message = err.message && err.message !== err.code ? String(err.message) : '';
+    emit();
+    pumpUploads();
+  });
+}
+
+// A file's original (variant ''), thumbnail ('thumb') or preview ('preview') as a Blob,
+// from the node the page is connected to, with the session's token.
+export function fileBlob(id, variant = '', signal) {
+  return api.fileBlob({ base: restOrigin(), token: state.token, id, variant, signal });
 }

@@ -1,5 +1,5 @@
 // The selected room: header, its conference, guest links, members, message list,
-// typing indicator, composer.
+// typing indicator, uploads, composer; files dropped on it are uploaded (ui/files.js).
 
 import { html, useEffect, useLayoutEffect, useRef, useState } from '../lib.js';
 import { errorText, joinNames, t } from '../i18n.js';
@@ -7,6 +7,9 @@ import { dayKey, dayText, fullTimeText, systemText, timeText } from '../format.j
 import * as store from '../store.js';
 import { PresenceDot, splitNames } from './common.js';
 import { ConferenceView, GuestLinks, MeetButton } from './conference.js';
+import {
+  FileAttachment, FilePreview, UploadList, carriesFiles, guardPageDrops, transferFiles,
+} from './files.js';
 
 const drafts = new Map();   // room id -> unsent text
 const BOTTOM_SLACK = 40;    // px from the bottom that still counts as "at the bottom"
@@ -62,14 +65,17 @@ function Members({ room }) {
     </section>`;
 }
 
-function MessageRow({ msg, pending }) {
+function MessageRow({ msg, pending, onPreview }) {
   const me = store.state.me;
   const own = me && msg.sender === me.id;
   let body;
   let cls = 'message';
   if (msg.kind === 'system') { body = systemText(msg); cls += ' message-system'; }
   else if (msg.kind === 'deleted') { body = t('message.deleted'); cls += ' message-deleted'; }
-  else body = String(msg.body ?? '');
+  else if (msg.kind === 'file') {
+    body = html`<${FileAttachment} key=${msg.file.id} file=${msg.file} onPreview=${onPreview} />`;
+    cls += ' message-file';
+  } else body = String(msg.body ?? '');
   if (own) cls += ' message-own';
   const failed = pending && pending.state === 'failed';
   if (pending) cls += failed ? ' message-failed' : ' message-pending';
@@ -96,10 +102,11 @@ function MessageRow({ msg, pending }) {
 
 function shown(msg) {
   if (msg.kind === 'text' || msg.kind === 'deleted') return true;
+  if (msg.kind === 'file') return !!(msg.file && typeof msg.file.id === 'string' && msg.file.id);
   return msg.kind === 'system' && systemText(msg) != null;
 }
 
-function MessageList({ room }) {
+function MessageList({ room, onPreview }) {
   const ref = useRef(null);
   const stick = useRef(true);          // follow new messages while at the bottom
   const before = useRef(null);         // scroll geometry before this render
@@ -174,7 +181,7 @@ function MessageList({ room }) {
   };
   for (const msg of list) {
     addDay(msg.ts);
-    items.push(html`<${MessageRow} key=${`s${msg.seq}`} msg=${msg} />`);
+    items.push(html`<${MessageRow} key=${`s${msg.seq}`} msg=${msg} onPreview=${onPreview} />`);
   }
   const me = store.state.me;
   for (const p of pending) {
@@ -234,13 +241,35 @@ function Composer({ room }) {
     if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing && ev.keyCode !== 229) submit(ev);
   };
 
+  // A pasted image (or any file) is uploaded; pasted text stays the browser's business.
+  const onPaste = (ev) => {
+    const files = transferFiles(ev.clipboardData);
+    if (!files.length) return;
+    ev.preventDefault();
+    store.upload(room.id, files);
+  };
+
+  const picker = useRef(null);
+  const picked = (ev) => {
+    const el = ev.currentTarget;
+    const files = [...(el.files || [])];
+    el.value = '';   // the same file can be picked again
+    if (files.length) store.upload(room.id, files);
+  };
+
   return html`
     <form class="composer" onSubmit=${submit}>
+      <button type="button" class="attach-button" data-testid="attach-button"
+        aria-label=${t('composer.attach')} title=${t('composer.attach')}
+        onClick=${() => picker.current && picker.current.click()}><span aria-hidden="true">+</span></button>
+      <input ref=${picker} type="file" multiple hidden data-testid="attach-input" tabindex="-1"
+        aria-label=${t('composer.attach')} onChange=${picked} />
       <label class="grow">
         <span class="sr-only">${t('composer.label')}</span>
         <textarea ref=${input} data-testid="composer-input" rows="2" value=${text}
           aria-label=${t('composer.label')} placeholder=${t('composer.placeholder')}
-          onInput=${(e) => update(e.currentTarget.value)} onKeyDown=${onKeyDown}></textarea>
+          onInput=${(e) => update(e.currentTarget.value)} onKeyDown=${onKeyDown}
+          onPaste=${onPaste}></textarea>
       </label>
       <button class="primary" type="submit" data-testid="composer-send" disabled=${!text.trim()}>
         ${t('composer.send')}</button>
@@ -253,7 +282,14 @@ export function RoomView() {
   const [membersOpen, setMembersOpen] = useState(false);
   const [guestsOpen, setGuestsOpen] = useState(false);
   const [error, setError] = useState(null);
-  useEffect(() => { setMembersOpen(false); setGuestsOpen(false); setError(null); }, [id]);
+  const [preview, setPreview] = useState(null);     // the file shown in the overlay
+  const [dragging, setDragging] = useState(false);  // files dragged over the room
+  const dragDepth = useRef(0);
+  useEffect(() => {
+    setMembersOpen(false); setGuestsOpen(false); setError(null); setPreview(null);
+    setDragging(false); dragDepth.current = 0;
+  }, [id]);
+  useEffect(() => { guardPageDrops(); }, []);
 
   if (!room) {
     return html`<main class="room room-empty"><p class="muted">${t('room.none')}</p></main>`;
@@ -263,8 +299,36 @@ export function RoomView() {
     try { await store.leave(room.id); } catch (e) { setError(errorText(e.code)); }
   };
 
+  // Files dragged over the room show the drop zone; dropped, they are uploaded here.
+  const onDragEnter = (ev) => {
+    if (!carriesFiles(ev.dataTransfer)) return;
+    ev.preventDefault();
+    dragDepth.current += 1;
+    setDragging(true);
+  };
+  const onDragOver = (ev) => {
+    if (!carriesFiles(ev.dataTransfer)) return;
+    ev.preventDefault();
+    ev.dataTransfer.dropEffect = 'copy';
+    if (!dragging) setDragging(true);
+  };
+  const onDragLeave = (ev) => {
+    if (!carriesFiles(ev.dataTransfer)) return;
+    dragDepth.current = Math.max(0, dragDepth.current - 1);
+    if (dragDepth.current === 0) setDragging(false);
+  };
+  const onDrop = (ev) => {
+    if (!carriesFiles(ev.dataTransfer)) return;
+    ev.preventDefault();
+    dragDepth.current = 0;
+    setDragging(false);
+    const files = transferFiles(ev.dataTransfer);
+    if (files.length) store.upload(room.id, files);
+  };
+
   return html`
-    <main class="room" aria-labelledby="room-title">
+    <main class=${`room${dragging ? ' room-dragging' : ''}`} aria-labelledby="room-title"
+      onDragEnter=${onDragEnter} onDragOver=${onDragOver} onDragLeave=${onDragLeave} onDrop=${onDrop}>
       <header class="room-header">
         ${room.kind === 'direct' && html`<${PresenceDot} status=${store.roomStatus(room)} />`}
         <h2 class="room-title" id="room-title" data-testid="room-title">${String(room.name ?? '')}</h2>
@@ -284,8 +348,13 @@ export function RoomView() {
         && html`<${ConferenceView} title=${String(room.name ?? '')} />`}
       ${guestsOpen && html`<${GuestLinks} room=${room} />`}
       ${membersOpen && html`<${Members} room=${room} />`}
-      <${MessageList} key=${room.id} room=${room} />
+      <${MessageList} key=${room.id} room=${room} onPreview=${setPreview} />
       <${TypingIndicator} room=${room} />
+      <${UploadList} room=${room} />
       <${Composer} room=${room} />
+      ${dragging && html`<div class="drop-zone" data-testid="drop-zone" aria-hidden="true">
+        <span>${t('upload.drop')}</span></div>`}
+      ${preview && html`<${FilePreview} key=${preview.id} file=${preview}
+        onClose=${() => setPreview(null)} />`}
     </main>`;
 }
