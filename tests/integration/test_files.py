@@ -463,3 +463,30 @@ async def test_the_load_balancers_refuse_an_oversized_upload_too(
         await alice.close()
     finally:
         made.stop()
+
+
+async def test_quotas_hold_in_bytes_and_in_counts_for_each_user(
+    cluster_factory: Any, make_user: Any, tmp_path: Path, pool: asyncpg.Pool
+) -> None:
+    cluster = start(cluster_factory(2), "shared", tmp_path,
+                    CAM_USER_UPLOAD_BYTES_PER_HOUR="300000", CAM_USER_UPLOADS_PER_HOUR="3",
+                    CAM_USER_STORAGE_BYTES="1000000")
+    alice, up, bob, down, _, room = await people(cluster, make_user)
+    assert (await up.upload(room, "a.bin", os.urandom(200_000))).status_code == 201
+    # 100,000 bytes of the hour's 300,000 are left: the next 200,000 stop while streaming.
+    over = await up.upload(room, "b.bin", os.urandom(200_000))
+    assert over.status_code == 429 and over.json()["error"]["code"] == "quota_exceeded"
+    assert "quota" in over.json()["error"]["message"]
+    assert (await up.upload(room, "c.bin", os.urandom(90_000))).status_code == 201
+    # Another user's quota is their own.
+    assert (await down.upload(room, "d.bin", os.urandom(200_000))).status_code == 201
+    # Three uploads an hour: alice's third gets through, her fourth is refused by count.
+    assert (await up.upload(room, "e.bin", b"tiny")).status_code == 201
+    fourth = await up.upload(room, "f.bin", b"tiny")
+    assert fourth.status_code == 429 and "retry in" in fourth.json()["error"]["message"]
+    used = await pool.fetchrow(
+        "SELECT count(*) AS n, sum(size) AS bytes FROM files WHERE uploader_id = $1",
+        alice.user["id"])
+    assert (used["n"], used["bytes"]) == (3, 290_004)
+    await alice.close()
+    await bob.close()
