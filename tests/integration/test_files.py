@@ -490,3 +490,46 @@ async def test_quotas_hold_in_bytes_and_in_counts_for_each_user(
     assert (used["n"], used["bytes"]) == (3, 290_004)
     await alice.close()
     await bob.close()
+
+
+async def test_the_sweep_removes_unfinished_and_unsent_uploads_and_their_bytes(
+    pool: asyncpg.Pool, make_user: Any, tmp_path: Path
+) -> None:
+    from cam_files.service import PENDING_TTL, UNSENT_TTL, FilesService
+
+    from camcore import files, storage
+    from camcore.config import load_settings
+
+    name, _ = await make_user()
+    uid = await pool.fetchval("SELECT id FROM users WHERE username = $1", name)
+    room = await pool.fetchval(
+        "INSERT INTO rooms (kind, name, created_by) VALUES ('group', 'r', $1) RETURNING id", uid)
+    await pool.execute("INSERT INTO room_members (room_id, user_id) VALUES ($1, $2)", room, uid)
+    store = storage.LocalStore(tmp_path)
+    ids = {kind: files.new_id() for kind in ("dead", "unsent", "sent", "fresh", "deleted")}
+    for kind, file_id in ids.items():
+        for key in (file_id, f"{file_id}.thumb"):
+            src = tmp_path / "src"
+            src.write_bytes(kind.encode())
+            await store.put(key, src)
+        age = PENDING_TTL + 60 if kind == "dead" else UNSENT_TTL + 60 if kind != "fresh" else 10
+        await pool.execute(
+            "INSERT INTO files (id, room_id, uploader_id, name, state, reserved, size, sha256,"
+            " content_type, variants, storage, edge_node, created_at, committed_at)"
+            " VALUES ($1, $2, $3, 'x', $4, 0, 1, $5, 'text/plain', '{thumb}', 'shared', 'n1',"
+            " now() - make_interval(secs => $6), now() - make_interval(secs => $6))",
+            file_id, room, uid, "pending" if kind == "dead" else "ready", bytes(32), age)
+    for seq, kind in enumerate(("sent", "deleted"), start=1):
+        await pool.execute(
+            "INSERT INTO messages (room_id, seq, cid, sender_id, kind, body, file_id)"
+            " VALUES ($1, $2, $3, $4, $5, 'x', $6)",
+            room, seq, f"c{seq}", uid, "file" if kind == "sent" else "deleted", ids[kind])
+    settings = load_settings(environ={"CAM_SERVER_DATE_PATH": str(tmp_path)})
+    service = FilesService(pool, None, settings, store=store)  # type: ignore[arg-type]
+    await service.sweep()
+    left = {r["id"] for r in await pool.fetch("SELECT id FROM files")}
+    assert left == {ids["sent"], ids["fresh"]}
+    for kind, file_id in ids.items():
+        kept = kind in ("sent", "fresh")
+        assert await store.exists(file_id) is kept, kind
+        assert await store.exists(f"{file_id}.thumb") is kept, kind

@@ -416,18 +416,7 @@ class FileRoutes:
     async def sweep_local(self) -> None:
         """Local mode: delete files on this node's disk whose rows are gone (swept by
         the files service, or an upload that never committed)."""
-        cutoff = time.time() - LOCAL_SWEEP_AGE
-        old: dict[str, list[Path]] = {}
-        root = self.local.root
-        if not root.is_dir():
-            return
-        for shard in root.iterdir():
-            if shard.name.startswith(".") or not shard.is_dir():
-                continue
-            for path in shard.iterdir():
-                with contextlib.suppress(FileNotFoundError):
-                    if path.stat().st_mtime < cutoff:
-                        old.setdefault(path.name.split(".")[0], []).append(path)
+        old = await asyncio.to_thread(self._old_files, time.time() - LOCAL_SWEEP_AGE)
         ids = [i for i in old if _FILE_ID.match(i)]
         for start in range(0, len(ids), 1000):
             batch = ids[start:start + 1000]
@@ -438,6 +427,21 @@ class FileRoutes:
                     for path in old[file_id]:
                         with contextlib.suppress(FileNotFoundError):
                             path.unlink()
+
+    def _old_files(self, cutoff: float) -> dict[str, list[Path]]:
+        """Files of this node's store last changed before ``cutoff``, by file id."""
+        old: dict[str, list[Path]] = {}
+        root = self.local.root
+        if not root.is_dir():
+            return old
+        for shard in root.iterdir():
+            if shard.name.startswith(".") or not shard.is_dir():
+                continue
+            for path in shard.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    if path.stat().st_mtime < cutoff:
+                        old.setdefault(path.name.split(".")[0], []).append(path)
+        return old
 
 
 # ---------------------------------------------------------------- parsing
