@@ -1067,7 +1067,8 @@ KEYS: Final[tuple[ConfigKey, ...]] = (
         "(cam.storage=local); at least 32 characters.",
         parse=_text,
         format=str,
-        note="camctl up makes one; on hosts of your own, the same value on every server.",
+        note="The same value on every server; needed with cam.storage=local and more "
+        "than one host.",
     ),
     ConfigKey(
         ini="cam.maxUploadBytes",
@@ -1347,6 +1348,11 @@ def load_settings(
                                 ("cam.s3SecretKey", "s3_secret_key")):
             if not values[field]:
                 raise ConfigError(key_name, "", "a value when cam.storage=s3", raw[key_name][1])
+    if (values["storage"] == "local" and len(values["cluster_hosts"]) > 1
+            and not values["cluster_secret"]):
+        raise ConfigError("cam.clusterSecret", "", "a secret shared by every server when "
+                          "cam.storage=local and cam.clusterHosts lists several",
+                          raw["cam.clusterSecret"][1])
     if values["cluster_secret"] and len(values["cluster_secret"]) < 32:
         raise ConfigError("cam.clusterSecret", "***", "at least 32 characters",
                           raw["cam.clusterSecret"][1])

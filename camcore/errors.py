@@ -105,8 +105,8 @@ CODES: Final[dict[str, Code]] = {
     FILE_TOO_LARGE: Code(413, "the upload is over cam.maxUploadBytes (refused while it "
                               "streamed; nothing was kept)"),
     QUOTA_EXCEEDED: Code(429, "the upload would pass one of the user's quotas (bytes or "
-                              "files per hour, in total, or uploads at once); Retry-After "
-                              "says when the hourly ones allow it again"),
+                              "files per hour, in total, or uploads at once); for the "
+                              "hourly ones the message says in how many seconds to retry"),
     BAD_IMAGE: Code(422, "the upload claims to be an image (name or type) but is not a "
                          "PNG, JPEG, GIF or WebP that can be decoded within "
                          "cam.imageMaxPixels; nothing was kept"),

@@ -150,7 +150,7 @@ class S3Store(Store):
         )
         try:
             self._client = boto3.session.Session().client(
-                "s3", endpoint_url=self.endpoint, config=config,
+                "s3", endpoint_url=self.endpoint or None, config=config,
                 aws_access_key_id=access_key or None, aws_secret_access_key=secret_key or None)
         except ValueError as exc:  # botocore: "Invalid endpoint: ..."
             raise S3Error(f"S3 endpoint {endpoint!r} is not a URL: {exc}") from exc

@@ -562,14 +562,14 @@ def session_digest(session_ids: Any) -> int:
 # ---------------------------------------------------------------- records
 
 
-class FileInfo(msgspec.Struct, kw_only=True):
+class FileInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
     """An attachment as clients see it (docs/protocol.md, "Files")."""
 
     id: str
     name: str
     size: int
     type: str
-    width: int | None = None
+    width: int | None = None  # images only
     height: int | None = None
 
 

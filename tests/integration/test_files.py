@@ -173,6 +173,10 @@ async def test_upload_on_one_node_download_on_the_other(
     # Delivered on the other node like any message, with its seq.
     event = await bob.next_event("message", where=lambda e: e.get("kind") == "file")
     assert event["seq"] == sent.json()["message"]["seq"] and event["file"] == info
+    # A retry with the same cid (its answer lost) is the same message, sent once.
+    again = await up.upload(room, "holiday.png", image, b"image/png", cid="pic-1")
+    assert again.status_code == 201 and again.json()["message"] == sent.json()["message"]
+    assert again.json()["file"] == info
     other = (await up.upload(room, "data.bin", blob)).json()["file"]
     assert other["type"] == "application/octet-stream" and other.get("width") is None
 
@@ -201,6 +205,8 @@ async def test_upload_on_one_node_download_on_the_other(
     page = await bob.request("history", room=room)
     assert [m["file"]["id"] for m in page["messages"] if m["kind"] == "file"] == [
         info["id"], other["id"]]
+    nxt = await bob.next_event("message", where=lambda e: e.get("kind") == "file")
+    assert nxt["file"]["id"] == other["id"]  # the retry was not delivered again
 
     if s3 is not None:
         stored = sorted(p.name for p in (s3.root / s3.bucket).rglob("*") if p.is_file())
@@ -326,14 +332,17 @@ async def test_an_oversized_upload_is_refused_while_streaming(
 
     def pieces() -> Iterator[bytes]:
         nonlocal sent
-        for _ in range(80):  # 20 MiB if it were all read
+        for _ in range(320):  # 20 MiB if it were all read
             sent += 1
-            yield os.urandom(256 * 1024)
+            yield os.urandom(64 * 1024)
 
     status, answer = await send_slowly(up.base, up.token, room, head, pieces(),
                                        f"multipart/form-data; boundary={boundary}")
-    assert status == 413 and b"file_too_large" in answer
-    assert sent < 80  # refused while streaming, long before the end
+    # The edge answers 413 and closes without reading the rest. The answer usually
+    # arrives; a client still sending may instead see the close reset the connection
+    # (TCP discards an answer when unread data meets the close).
+    assert (status == 413 and b"file_too_large" in answer) or status == 0, answer[:300]
+    assert sent < 320  # refused while streaming, long before the end
     # A declared length over the limit is refused before a byte of the body is read.
     declared = await up.upload(room, "big.bin", os.urandom(2 * 1024 * 1024))
     assert declared.status_code == 413 and declared.json()["error"]["code"] == "file_too_large"

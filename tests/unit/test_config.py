@@ -589,3 +589,26 @@ def test_per_department_lists_each_starting_with_the_own_host() -> None:
     assert lb("sales2.example.com;sales1.example.com", "sales1.example.com") is False
     assert lb("support1.example.com;support2.example.com", "sales1.example.com") is True
     assert lb("support1.example.com;support2.example.com", "chat.example.com") is True
+
+
+@pytest.mark.parametrize(("env", "key"), [
+    ({"CAM_STORAGE": "nfs"}, "cam.storage"),
+    ({"CAM_STORAGE": "s3", "CAM_S3_ACCESS_KEY": "a", "CAM_S3_SECRET_KEY": "b"}, "cam.s3Bucket"),
+    ({"CAM_STORAGE": "s3", "CAM_S3_BUCKET": "b", "CAM_S3_SECRET_KEY": "b"}, "cam.s3AccessKey"),
+    ({"CAM_STORAGE": "local", "CAM_CLUSTER_HOSTS": "a:8080;b:8080"}, "cam.clusterSecret"),
+    ({"CAM_CLUSTER_SECRET": "short"}, "cam.clusterSecret"),
+    ({"CAM_S3_ENDPOINT": "s3.example.com"}, "cam.s3Endpoint"),
+    ({"CAM_MAX_UPLOAD_BYTES": "100MB"}, "cam.maxUploadBytes"),
+])
+def test_storage_settings_that_cannot_work_are_refused(env: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ=env)
+    assert info.value.key == key
+
+
+def test_the_storage_defaults() -> None:
+    s = load_settings(environ={})
+    assert (s.storage, s.max_upload_bytes, s.image_max_pixels) == ("shared", 100 << 20, 25_000_000)
+    local = load_settings(environ={"CAM_STORAGE": "local", "CAM_CLUSTER_HOSTS": "a;b",
+                                   "CAM_CLUSTER_SECRET": "x" * 32})
+    assert local.storage == "local"

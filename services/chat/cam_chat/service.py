@@ -555,8 +555,10 @@ class ChatService(ReplicaBase):
                 await conn.execute("UPDATE messages SET file_id = $3 WHERE room_id = $1"
                                    " AND seq = $2", req.room, msg.seq, req.file_id)
             elif attached != req.file_id and msg.kind != "deleted":
-                raise CamError(f"client message id {req.cid!r} was already used for another "
-                               "message", errors.CONFLICT)
+                # A retried upload whose first try was stored (its answer was lost): the
+                # stored message stands; the new copy is never sent, and swept.
+                return {"room": msg.room, "seq": msg.seq, "cid": msg.cid, "ts": msg.ts,
+                        "file_id": attached}
         if msg.kind == "file":
             msg.file = wire.FileInfo(**files.info(row))
         if fresh:  # a retry of a stored send is acknowledged, not published again

@@ -452,8 +452,11 @@ async def _start_files(routes: FileRoutes, edge: Edge) -> None:
     (the files service may be starting too: a miss is swept later)."""
     await asyncio.to_thread(routes.clear_temp)
     try:
-        await bus.call(edge.nc, subjects.files_rpc("abort_node"),
-                       wire.FilesAbortNode(user_id=0, node=edge.settings.node_name), timeout=2)
+        aborted = await bus.call(edge.nc, subjects.files_rpc("abort_node"),
+                                 wire.FilesAbortNode(user_id=0, node=edge.settings.node_name),
+                                 timeout=2)
+        # Their bytes may have reached the store just before the edge died.
+        await routes.forget(aborted["aborted"])
     except CamError as exc:
         log.info("unfinished uploads of %s not aborted now (%s); the sweep will",
                  edge.settings.node_name, exc.message)

@@ -137,6 +137,13 @@ class FileRoutes:
             log.info("removed %d unfinished uploads left in %s", removed, self.temp)
         return removed
 
+    async def forget(self, file_ids: list[str]) -> None:
+        """Delete whatever reached the store of uploads that died uncommitted."""
+        for file_id in file_ids:
+            for variant in (None, *files.VARIANTS):
+                with contextlib.suppress(Exception):
+                    await self.store.delete(files.variant_key(file_id, variant))
+
     async def close(self) -> None:
         self.images.close()
         if self._client is not None:
@@ -225,6 +232,10 @@ class FileRoutes:
                 with contextlib.suppress(FileNotFoundError):
                     temp.unlink()
         info = done["file"]
+        stored_id = sent.pop("file_id", file_id)
+        if stored_id != file_id:  # a retry of an upload whose first try was sent
+            info = (await self._files("lookup", wire.FilesLookup(
+                user_id=user.id, file_id=stored_id)))["file"]
         log.info("upload %s user=%s room=%s %d bytes %s", file_id, user.id, room, part.size, mime)
         return JSONResponse({"file": info, "message": sent}, status_code=201, headers=NO_STORE)
 
@@ -361,6 +372,8 @@ class FileRoutes:
         self.temp.mkdir(parents=True, exist_ok=True, mode=0o700)
         digest = hashlib.sha256()
         size = 0
+        original = key == found["file"]["id"]
+        bound = found["file"]["size"] if original else self.settings.max_upload_bytes
         try:
             async with self._client.stream(
                     "GET", f"{base}/CAMServer/files/{key}",
@@ -372,14 +385,14 @@ class FileRoutes:
                 with temp.open("wb") as sink:
                     async for chunk in answer.aiter_bytes(storage.CHUNK):
                         size += len(chunk)
-                        if size > self.settings.max_upload_bytes:
+                        if size > bound:
                             raise CamError("the holder sent more than the file has",
                                            errors.UNAVAILABLE)
                         digest.update(chunk)
                         sink.write(chunk)
                     sink.flush()
                     await asyncio.to_thread(os.fsync, sink.fileno())
-            if key == found["file"]["id"] and (size != found["file"]["size"]
+            if original and (size != found["file"]["size"]
                                                or digest.hexdigest() != found["sha256"]):
                 raise CamError(f"the copy from {holder} does not match the file's checksum",
                                errors.UNAVAILABLE)

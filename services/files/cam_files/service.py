@@ -186,12 +186,11 @@ class FilesService(ReplicaBase):
         return {"aborted": status.endswith(" 1")}
 
     async def abort_node(self, req: wire.FilesAbortNode) -> dict[str, Any]:
-        status = await self.pool.execute(
-            "DELETE FROM files WHERE edge_node = $1 AND state = 'pending'", req.node)
-        aborted = int(status.split()[-1])
-        if aborted:
-            log.info("%d uploads in progress on %s died with it", aborted, req.node)
-        return {"aborted": aborted}
+        rows = await self.pool.fetch(
+            "DELETE FROM files WHERE edge_node = $1 AND state = 'pending' RETURNING id", req.node)
+        if rows:
+            log.info("%d uploads in progress on %s died with it", len(rows), req.node)
+        return {"aborted": [r["id"] for r in rows]}
 
     async def lookup(self, req: wire.FilesLookup) -> dict[str, Any]:
         row = await self.pool.fetchrow(
