@@ -99,8 +99,10 @@ def test_production_configs_as_shipped(tmp_path: Path) -> None:
     adapt = subprocess.run([lb.caddy_binary(), "adapt", "--config", str(deploy / "caddy" / "Caddyfile")],
                            capture_output=True, text=True, env=env)
     assert adapt.returncode == 0, adapt.stderr
-    handler = json.loads(adapt.stdout)["apps"]["http"]["servers"]["srv0"]["routes"][0]["handle"][0][
-        "routes"][0]["handle"][0]
+    handlers = list(_handlers(json.loads(adapt.stdout)["apps"]["http"]["servers"]["srv0"]))
+    handler = next(h for h in handlers if h["handler"] == "reverse_proxy")
+    # Upload bodies are capped (cam.maxUploadBytes' default plus the multipart envelope).
+    assert {"handler": "request_body", "max_size": 104923136} in handlers
     assert [u["dial"] for u in handler["upstreams"]] == ["camserver1:8080", "camserver2:8080"]
     active = handler["health_checks"]["active"]
     assert (active["uri"], active["expect_status"]) == ("/CAMServer/healthCheck", 200)
@@ -113,8 +115,10 @@ def test_production_configs_as_shipped(tmp_path: Path) -> None:
     adapt = subprocess.run([lb.caddy_binary(), "adapt", "--config", str(deploy / "caddy" / "Caddyfile")],
                            capture_output=True, text=True, env=local)
     assert adapt.returncode == 0, adapt.stderr
-    handler = json.loads(adapt.stdout)["apps"]["http"]["servers"]["srv0"]["routes"][0]["handle"][0][
-        "routes"][0]["handle"][0]
+    handlers = list(_handlers(json.loads(adapt.stdout)["apps"]["http"]["servers"]["srv0"]))
+    handler = next(h for h in handlers if h["handler"] == "reverse_proxy")
+    # Upload bodies are capped (cam.maxUploadBytes' default plus the multipart envelope).
+    assert {"handler": "request_body", "max_size": 104923136} in handlers
     assert handler["transport"]["local_address"] == lb.SOURCE_ADDRESS
 
 
@@ -414,3 +418,15 @@ def test_health_check_needs_status_200_and_the_exact_body(tmp_path: Path) -> Non
         finally:
             for balancer in balancers:
                 balancer.stop()
+
+
+def _handlers(node: Any) -> Iterator[dict[str, Any]]:
+    """Every handler of an adapted Caddy config, depth first in order."""
+    if isinstance(node, dict):
+        if "handler" in node:
+            yield node
+        for value in node.values():
+            yield from _handlers(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _handlers(item)
