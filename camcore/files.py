@@ -82,17 +82,34 @@ def sniff(head: bytes) -> str:
             return mime
     if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "image/webp"
-    try:
-        mime = puremagic.from_string(head, mime=True)
-    except (puremagic.PureError, ValueError):
-        mime = ""
-    if mime and "/" in mime and mime.isascii() and len(mime) <= 127 and ";" not in mime:
-        if mime.startswith("image/") and mime not in IMAGE_TYPES:
-            return mime  # e.g. SVG: stored and served as an attachment, never decoded
-        return mime
-    if head and _is_utf8_text(head):
+    text = bool(head) and _is_utf8_text(head)
+    for match in _magic(head):
+        mime = match.mime_type
+        if not (mime and "/" in mime and mime.isascii() and len(mime) <= 127
+                and ";" not in mime):
+            continue
+        # A one-byte signature ("{" for JSON) says nothing about random bytes: a
+        # text type needs text, and anything else a signature of several bytes.
+        if _is_text_type(mime) and not text:
+            continue
+        if len(match.byte_match) < 2 and not _is_text_type(mime):
+            continue
+        return mime  # e.g. SVG: stored and served as an attachment, never decoded
+    if text:
         return "text/plain"
     return OCTET_STREAM
+
+
+def _magic(head: bytes) -> list[Any]:
+    try:
+        return list(puremagic.magic_string(head))
+    except (puremagic.PureError, ValueError):
+        return []
+
+
+def _is_text_type(mime: str) -> bool:
+    return (mime.startswith("text/") or mime.endswith(("json", "xml"))
+            or mime in ("application/javascript", "application/x-sh"))
 
 
 def _is_utf8_text(head: bytes) -> bool:
