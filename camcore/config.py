@@ -431,6 +431,18 @@ def _database_url(raw: str) -> str:
     return raw
 
 
+_CLOCK: Final = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+
+
+def _backup_schedule(raw: str) -> tuple[str, ...]:
+    if raw.strip().lower() == "off":
+        return ()
+    times = tuple(t.strip() for t in raw.split(","))
+    if not times or not all(_CLOCK.match(t) for t in times):
+        raise _Invalid("'off' or times of day HH:MM separated by ',' (e.g. 02:00,14:00)")
+    return tuple(sorted(set(times)))
+
+
 def _http_host(raw: str) -> str:
     if not (_is_hostname(raw) or _is_ipv6(raw)):
         raise _Invalid("an address to listen on: host name, IPv4 or IPv6 address (no brackets)")
@@ -1139,6 +1151,54 @@ KEYS: Final[tuple[ConfigKey, ...]] = (
         parse=_float_range(1.0, 3600.0),
         format=repr,
     ),
+    ConfigKey(
+        ini="cam.backupPath",
+        env="CAM_BACKUP_PATH",
+        field="backup_path",
+        default="",
+        description="Where backups go: the second server's disk, e.g. a mounted share "
+        "(empty: '<cam.serverDatePath>-backups' beside the data path).",
+        parse=_text,
+        format=str,
+        note="docs/backup.md: what is kept there, the loss window and how to restore.",
+    ),
+    ConfigKey(
+        ini="cam.backupSchedule",
+        env="CAM_BACKUP_SCHEDULE",
+        field="backup_schedule",
+        default="02:00",
+        description="When the database and files are backed up: local times HH:MM "
+        "separated by ',', every day; 'off' for none (WAL archiving still runs).",
+        parse=_backup_schedule,
+        format=lambda times: ",".join(times) or "off",
+    ),
+    ConfigKey(
+        ini="cam.backupKeep",
+        env="CAM_BACKUP_KEEP",
+        field="backup_keep",
+        default="7",
+        description="Backups kept; older ones, and the WAL only they need, are removed.",
+        parse=_int_range(1, 1000),
+    ),
+    ConfigKey(
+        ini="cam.backupDatabaseUrl",
+        env="CAM_BACKUP_DATABASE_URL",
+        field="backup_database_url",
+        default="",
+        description="Postgres URL of the backup role (REPLICATION, nothing else) that "
+        "takes base backups and streams the WAL archive.",
+        parse=_database_url,
+        note="camctl up makes the role 'cam_backup'; docs/backup.md shows how elsewhere.",
+    ),
+    ConfigKey(
+        ini="cam.backupMaxWalLagBytes",
+        env="CAM_BACKUP_MAX_WAL_LAG_BYTES",
+        field="backup_max_wal_lag_bytes",
+        default="16777216",
+        description="WAL not yet in the archive, in bytes, beyond which the health "
+        "service warns.",
+        parse=_int_range(0, 1 << 40),
+    ),
 )
 
 _BY_INI: Final[dict[str, ConfigKey]] = {key.ini: key for key in KEYS}
@@ -1220,6 +1280,11 @@ class Settings:
     user_uploads_at_once: int
     image_max_pixels: int
     upload_idle_timeout: float
+    backup_path: str
+    backup_schedule: tuple[str, ...]
+    backup_keep: int
+    backup_database_url: str
+    backup_max_wal_lag_bytes: int
     unknown_keys: tuple[str, ...]
     """boot.ini keys and CAM_* environment variables that name no key (warned, ignored)."""
     source: str
@@ -1246,6 +1311,14 @@ class Settings:
             return False
         public = _host_of(self.server_url_domain)
         return all(public != entry.host.lower().rstrip(".") for entry in self.cluster_hosts)
+
+    @property
+    def backup_root(self) -> Path:
+        """cam.backupPath, or the folder beside the data path when it is empty."""
+        if self.backup_path:
+            return Path(self.backup_path)
+        root = self.data_root.expanduser().resolve()
+        return root.with_name(root.name + "-backups")
 
     @property
     def data_root(self) -> Path:

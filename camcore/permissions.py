@@ -9,6 +9,8 @@ has no business sending a subject is refused by the server itself, whatever it t
 - only presence replicas publish presence changes;
 - only video allocators publish conference membership and moves;
 - files replicas publish nothing but their heartbeats;
+- backups replicas publish their heartbeats (with the backup age and the WAL archive
+  lag) and listen to nothing;
 - edges make the requests they need (chat, presence, files and video, but no
   ``cam.video.rpc.admin``) and publish only what they own: typing, ``session_revoked``,
   conference signalling and their heartbeats;
@@ -64,6 +66,7 @@ PERMISSIONS: Final[dict[str, Permission]] = {
     "files": Permission(
         publish=("cam.hb.files.*",),
         subscribe=(f"{s.FILES_RPC}.*", _inbox("files")), responds=True),
+    "backups": Permission(publish=("cam.hb.backups.*",), subscribe=(_inbox("backups"),)),
     "presence": Permission(
         publish=("cam.presence.user.*", "cam.hb.presence.*"),
         subscribe=(f"{s.PRESENCE_RPC}.*", _inbox("presence")), responds=True),

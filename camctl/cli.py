@@ -22,7 +22,7 @@ from camcore import accounts, audit, bus, db, subjects, wire
 from camcore.config import ConfigError, Settings, load_settings, settings_env
 from camcore.errors import CamError
 
-from . import cluster, lb, rig
+from . import backups, cluster, lb, rig
 from .supervisor import rpc, tree
 
 
@@ -175,7 +175,16 @@ def _no_video_reason(args: argparse.Namespace, settings: Settings) -> str:
 
 
 def _running_camctl(settings: Settings) -> int | None:
-    pid = _state(settings).get("camctl_pid")
+    return _running_at(_data_root(settings))
+
+
+def _running_at(root: Path) -> int | None:
+    """The pid of the ``camctl up`` running from data root ``root``, if any."""
+    try:
+        pid = json.loads((root / "run" / cluster.STATE_FILE).read_text(encoding="utf-8")).get(
+            "camctl_pid")
+    except (OSError, ValueError, AttributeError):
+        return None
     if isinstance(pid, int) and psutil.pid_exists(pid):
         try:
             if "camctl" in " ".join(psutil.Process(pid).cmdline()):
@@ -646,6 +655,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--server", help="NATS URL (default: the running local cluster)")
     s.add_argument("--count", type=int, default=0, help="stop after this many messages")
     s.set_defaults(func=cmd_sub)
+
+    def with_settings(command: Any, args: argparse.Namespace) -> int:
+        settings = _settings(args)
+        extra = (_running_at,) if command is backups.cmd_restore else ()
+        return int(command(args, settings, _state(settings), *extra))
+
+    backups.add_parsers(sub, with_settings)
 
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -78,6 +78,7 @@ class LocalCluster:
         self.bus_auth = bus_auth
         self.credentials: dict[str, permissions.Credential] = {}
         self.database_url = database_url
+        self.backup_url = ""
         self.extra_env: dict[str, str] = dict(env or {})
         self.procs: dict[str, rig.Handle] = {}
         self.host_of: dict[str, str] = {}
@@ -231,6 +232,7 @@ class LocalCluster:
         self._track(self._name(h, "postgres"), h, self.pg.proc, {"postgres": self.pg.port},
                     self.pg._ready)
         self.database_url = self.pg.create_app_database(database)
+        self.backup_url = self.pg.create_backup_role()
         return self.database_url
 
     def start_janus(self, host: Host, name: str, admin_key: str) -> rig.Janus:
@@ -278,6 +280,13 @@ class LocalCluster:
         proc = rig.service(kind, name, self.env(h, **extra), self.logdir, spawn=self.spawner(h))
         self._track(name, h, proc.start(), {})
         return proc
+
+    def start_backups(self, host: Host | int = 0, name: str = "", **extra: str) -> rig.Handle:
+        """A backups replica; only it gets the backup role's URL."""
+        h = host if isinstance(host, Host) else self.host(host)
+        if self.backup_url:
+            extra.setdefault("CAM_BACKUP_DATABASE_URL", self.backup_url)
+        return self.start_service("backups", name or self._name(h, "backups"), h, **extra)
 
     def start_edge(self, name: str, host: Host | int = 0, *, port: int = 0, **extra: str) -> rig.Handle:
         h = host if isinstance(host, Host) else self.host(host)
@@ -400,7 +409,7 @@ class LocalCluster:
                   video_domains: list[tuple[str, int]] | None = None, base_port: int = 8080,
                   lb_kind: str | None = lb.DEFAULT_KIND, lb_port: int = 0, pg_port: int = 0,
                   cluster_hosts: str = "", edge_env: Mapping[str, str] | None = None,
-                  turn: bool = False,
+                  turn: bool = False, backups: bool = True,
                   announce: Callable[[str], None] = lambda line: None) -> None:
         """Everything, in readiness order: bus, store, SFUs (and with ``turn`` a coturn
         whose servers and secret only the edges get), services, edges, balancer."""
@@ -432,6 +441,8 @@ class LocalCluster:
                 self.start_service("presence", self._name(h, f"presence{i + 1}"), h)
             self.start_service("files", self._name(h, "files1"), h)
             self.start_service("health", self._name(h, "health"), h)
+            if backups and (self.backup_url or self.extra_env.get("CAM_BACKUP_DATABASE_URL")):
+                self.start_backups(h)
             if self.sfus or "CAM_VIDEO_SERVER_URLS" in self.extra_env:
                 self.start_service("video", self._name(h, "video"), h)
         edges = [self._name(h, "edge") for h in self.hosts]
@@ -485,7 +496,8 @@ class LocalCluster:
             hosts[name].update({"socket": str(sup.sock), "supervisor_pid": sup.pid})
         return {
             "run_id": self.run_id, "camctl_pid": os.getpid(), "logs": str(self.logdir),
-            "database_url": self.database_url, "nats_urls": self.nats_urls() if self.nats else [],
+            "database_url": self.database_url, "backup_database_url": self.backup_url,
+            "nats_urls": self.nats_urls() if self.nats else [],
             "nats_operator_credentials": self.credential("operator"),
             "hosts": hosts,
             "edges": {n.split("/")[0]: self.http(n) for n in self.edge_ports},

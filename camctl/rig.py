@@ -323,6 +323,8 @@ def _ensure_pg_user() -> str | None:
     return PG_USER
 
 
+BACKUP_ROLE = "cam_backup"
+"""The role backups connect as: REPLICATION only (pg_basebackup, pg_receivewal)."""
 APP_ROLE = "cam"
 """The role services connect as: no superuser, no CREATEDB/CREATEROLE; it owns only the
 ``cam`` schema of its database (where the migrations put every table)."""
@@ -420,6 +422,17 @@ class Postgres:
             CREATE SCHEMA IF NOT EXISTS cam AUTHORIZATION {APP_ROLE}""", database=name)
         return self.app_dsn(name)
 
+    def create_backup_role(self) -> str:
+        """The backup role (REPLICATION and nothing else: base backups and the WAL
+        archive); returns its URL."""
+        password = self.secret(BACKUP_ROLE)
+        self.psql(f"""DO $$ BEGIN
+            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{BACKUP_ROLE}') THEN
+                CREATE ROLE {BACKUP_ROLE} LOGIN REPLICATION NOSUPERUSER NOCREATEDB NOCREATEROLE;
+            END IF; END $$;
+            ALTER ROLE {BACKUP_ROLE} PASSWORD '{password}'""")
+        return f"postgresql://{BACKUP_ROLE}:{password}@{self.address}:{self.port}/postgres"
+
     def _chown(self, path: Path) -> None:
         if self.user:
             entry = pwd.getpwnam(self.user)
@@ -479,6 +492,10 @@ class Postgres:
                 str(self.bin / "postgres"), "-D", str(self.datadir), "-p", str(self.port),
                 "-k", str(sockdir), "-c", f"listen_addresses={self.address}",
                 "-c", "max_connections=300", "-c", "fsync=on", "-c", "shared_buffers=128MB",
+                # Backups: WAL summaries make incremental base backups possible; a slot
+                # keeps WAL for the archive, but never more than this.
+                "-c", "wal_level=replica", "-c", "summarize_wal=on",
+                "-c", "max_slot_wal_keep_size=2GB",
             ], self.log_path, user=self.user, stop_signal="INT", priority=20)
         self.proc.start()
         wait_for(lambda: (self.proc.check_alive(), self._ready())[1],  # type: ignore[union-attr]
@@ -534,6 +551,7 @@ SERVICE_MODULES = {
     "presence": "cam_presence.main",
     "video": "cam_video_allocator.main",
     "files": "cam_files.main",
+    "backups": "cam_backups.main",
 }
 
 

@@ -1,0 +1,264 @@
+"""Entry point of a backups replica: ``cam-backups --config boot.ini``.
+
+Every host may run one; the one that holds the database advisory lock (the leader)
+streams the WAL archive (``pg_receivewal`` into ``<cam.backupPath>/wal``), copies new
+attachments every few seconds, and takes the scheduled backups
+(``cam.backupSchedule``). With ``cam.storage=local`` every replica copies its own
+host's attachments. Each replica's heartbeat carries the backup age and the WAL
+archive lag, so the health service and the cluster view show them.
+
+``cam-backups --once`` takes one backup and exits (the systemd timer runs that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import sys
+from typing import Any
+
+import asyncpg
+
+from camcore import bus, db
+from camcore.config import Settings
+from camcore.loops import Loops, every
+from camcore.runtime import load_or_exit, setup_logging, wait_for_stop_signal
+from camcore.service import instance_name
+
+from . import backup, filecopy, pgtools
+from .pgtools import BackupError
+
+log = logging.getLogger("cam_backups")
+
+LEADER_LOCK = 0x63616D42  # any number, the same in every replica
+FILES_EVERY = 15.0
+"""Seconds between copies of new attachments to the backup path."""
+CHECK_EVERY = 5.0
+"""Seconds between measurements of the WAL archive lag."""
+CATCH_UP_AFTER = 30.0
+"""A leader that finds no backup of the last 24 h takes one after this many seconds."""
+RETRY_AFTER = 300.0
+"""Seconds before a failed catch-up backup is tried again."""
+
+_UNAVAILABLE: tuple[type[BaseException], ...] = (*db.UNAVAILABLE_ERRORS, asyncpg.PostgresError)
+
+
+def next_run(schedule: tuple[str, ...], after: dt.datetime) -> dt.datetime | None:
+    """The next local time in ``schedule`` (HH:MM) strictly after ``after``."""
+    if not schedule:
+        return None
+    local = after.astimezone()
+    candidates = []
+    for day in (0, 1):
+        for hhmm in schedule:
+            hour, minute = (int(x) for x in hhmm.split(":"))
+            at = (local + dt.timedelta(days=day)).replace(hour=hour, minute=minute, second=0,
+                                                          microsecond=0)
+            if at > local:
+                candidates.append(at)
+    return min(candidates)
+
+
+class Archiver:
+    """The leader's work: the WAL receiver, the lag, the file copies, the schedule."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.layout = backup.layout(settings)
+        self.conn = pgtools.Conninfo.parse(settings.backup_database_url)
+        self.lock_conn: asyncpg.Connection | None = None
+        self.receiver: asyncio.subprocess.Process | None = None
+        self.lag: int | None = None
+        self.busy = asyncio.Lock()
+        self.state: dict[str, Any] = backup.status(settings)
+
+    @property
+    def leader(self) -> bool:
+        return self.lock_conn is not None and not self.lock_conn.is_closed()
+
+    async def lead(self) -> None:
+        """Take the lead when nobody holds it; lose it with the connection."""
+        if self.leader:
+            return
+        self.lock_conn = None
+        try:
+            conn = await asyncpg.connect(self.settings.backup_database_url, timeout=5,
+                                         database="postgres")
+        except _UNAVAILABLE as exc:
+            log.debug("database not reachable for the backup lead: %s", exc)
+            return
+        if await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK):
+            self.lock_conn = conn
+            log.info("leading backups into %s", self.layout.root)
+        else:
+            await conn.close()
+
+    async def check(self) -> None:
+        await self.lead()
+        self.state = await asyncio.to_thread(backup.status, self.settings)
+        if not self.leader:
+            await self.stop_receiver()
+            return
+        await self.ensure_receiver()
+        assert self.lock_conn is not None
+        try:
+            lag = await self.lock_conn.fetchval(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint "
+                "FROM pg_replication_slots WHERE slot_name = $1 AND active", backup.SLOT)
+        except _UNAVAILABLE as exc:
+            log.warning("cannot measure the WAL archive lag: %s", exc)
+            await self._lose_lead()
+            return
+        self.lag = int(lag) if lag is not None else None
+        running = self.receiver is not None and self.receiver.returncode is None
+        self.layout.write_status(
+            wal_lag_bytes=self.lag, wal_checked_at=backup.now_utc().isoformat(),
+            wal_error=None if running and self.lag is not None else "pg_receivewal is not streaming")
+
+    async def _lose_lead(self) -> None:
+        if self.lock_conn is not None:
+            with contextlib.suppress(Exception):
+                await self.lock_conn.close()
+        self.lock_conn = None
+        await self.stop_receiver()
+
+    async def ensure_receiver(self) -> None:
+        if self.receiver is not None and self.receiver.returncode is None:
+            return
+        self.layout.ensure()
+        env = self.conn.env()
+        base = [pgtools.tool("pg_receivewal"), "-d", self.conn.dsn, "-D", str(self.layout.wal),
+                "-S", backup.SLOT, "--no-password"]
+        made = await asyncio.create_subprocess_exec(
+            *base, "--create-slot", "--if-not-exists", env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        _, err = await made.communicate()
+        if made.returncode != 0:
+            log.warning("cannot create the replication slot %s: %s", backup.SLOT,
+                        err.decode(errors="replace").strip()[-500:])
+            return
+        self.receiver = await asyncio.create_subprocess_exec(
+            *base, "--synchronous", "--no-loop", env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        asyncio.ensure_future(self._relay(self.receiver))
+        log.info("WAL archive: pg_receivewal streaming into %s", self.layout.wal)
+
+    async def _relay(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stderr is not None
+        async for line in proc.stderr:
+            log.warning("pg_receivewal: %s", line.decode(errors="replace").rstrip())
+        await proc.wait()
+        log.warning("pg_receivewal exited with %s; it is started again", proc.returncode)
+
+    async def stop_receiver(self) -> None:
+        proc, self.receiver = self.receiver, None
+        if proc is not None and proc.returncode is None:
+            proc.terminate()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(proc.wait(), 10)
+
+    async def copy_files(self) -> None:
+        if not (self.leader or self.settings.storage == "local"):
+            return
+        try:
+            await asyncio.to_thread(filecopy.to_backup, self.settings, self.layout.files)
+        except BackupError as exc:
+            log.warning("%s", exc)
+            return
+        if self.leader:
+            self.layout.write_status(files_synced_at=backup.now_utc().isoformat())
+
+    async def scheduled(self) -> None:
+        """Sleep to the next scheduled time (or catch up a missed day), then back up."""
+        while True:
+            now = backup.now_utc()
+            age = self.state["last_backup_age"]
+            when = next_run(self.settings.backup_schedule, now)
+            if when is None:
+                return
+            catch_up = age is None or age > 24 * 3600
+            wait = CATCH_UP_AFTER if catch_up else (when - now).total_seconds()
+            await asyncio.sleep(max(1.0, wait))
+            if self.leader:
+                if await self.take() is None and catch_up:
+                    await asyncio.sleep(RETRY_AFTER)
+            elif not catch_up:
+                await asyncio.sleep(1.0)  # past the minute: the next slot
+
+    async def take(self, full: bool = False) -> dict[str, Any] | None:
+        async with self.busy:
+            try:
+                made = await asyncio.to_thread(backup.take, self.settings, full=full,
+                                               say=lambda line: log.info("%s", line))
+            except BackupError as exc:
+                log.error("backup failed: %s", exc)
+                return None
+            self.state = await asyncio.to_thread(backup.status, self.settings)
+            return {"id": made.id}
+
+    def load(self) -> dict[str, float]:
+        state = self.state
+        age = state["last_backup_age"]
+        return {"leader": float(self.leader),
+                "backup_age": float(age) if age is not None else -1.0,
+                "wal_lag_bytes": float(self.lag) if self.lag is not None else -1.0,
+                "backup_ok": float(bool(state["ok"])),
+                "backups": float(len(state["backups"]))}
+
+
+async def serve(settings: Settings) -> None:
+    if not settings.backup_database_url:
+        raise SystemExit("cam-backups: set cam.backupDatabaseUrl (the REPLICATION role's URL); "
+                         "docs/backup.md shows how")
+    archiver = Archiver(settings)
+    instance = instance_name(settings)
+    nc = await bus.connect(settings.nats_urls, f"backups:{instance}",
+                           credentials=settings.nats_credentials or None)
+    try:
+        async with Loops() as loops:
+            loops.start("backups heartbeat", bus.heartbeat(
+                nc, "backups", instance, settings.node_name, settings.heartbeat_interval,
+                archiver.load))
+            loops.start("backups lead and WAL lag", every(CHECK_EVERY, archiver.check,
+                                                          at_once=True))
+            loops.start("backups file copies", every(FILES_EVERY, archiver.copy_files))
+            loops.start("backups schedule", archiver.scheduled)
+            await loops.run_until(wait_for_stop_signal())
+    finally:
+        await archiver.stop_receiver()
+        if archiver.lock_conn is not None:
+            with contextlib.suppress(Exception):
+                await archiver.lock_conn.close()
+        with contextlib.suppress(Exception):
+            await nc.drain()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="cam-backups")
+    parser.add_argument("--config", help="path to boot.ini (default: $CAM_BOOT_INI)")
+    parser.add_argument("--once", action="store_true", help="take one backup now and exit")
+    parser.add_argument("--full", action="store_true", help="with --once: a full backup")
+    args = parser.parse_args()
+    setup_logging("cam-backups")
+    settings = load_or_exit(args.config)
+    if args.once:
+        try:
+            made = backup.take(settings, full=args.full, say=lambda line: log.info("%s", line))
+        except BackupError as exc:
+            print(f"cam-backups: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+        print(f"backup {made.id} taken and verified")
+        return
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(settings))
+    else:
+        uvloop.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()
