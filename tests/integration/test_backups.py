@@ -19,9 +19,9 @@ from typing import Any
 
 import httpx
 import pytest
-
 from cam_backups import backup, restore
 from cam_backups.pgtools import BackupError
+
 from camclient import Client
 from camclient.client import login
 from camcore import accounts, db
