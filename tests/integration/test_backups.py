@@ -93,6 +93,11 @@ class Site:
         await eventually(archived, timeout=60, what="the WAL archive to catch up")
 
 
+async def camctl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "camctl.cli", *args],
+                                   env=env, capture_output=True, text=True, timeout=600)
+
+
 async def make_users(dsn: str, *names: str) -> list[tuple[str, str]]:
     pool = await db.create_pool(dsn, max_size=2)
     try:
@@ -220,8 +225,7 @@ async def test_restore_drill_under_load_brings_back_every_acknowledged_message_a
     env = {**os.environ, "CAM_SERVER_DATE_PATH": str(site.data),
            "CAM_BACKUP_PATH": str(site.backups), "CAM_DATABASE_URL": site.dsn,
            "CAM_BACKUP_DATABASE_URL": site.backup_url}
-    out = subprocess.run([sys.executable, "-m", "camctl.cli", "restore"], env=env,
-                         capture_output=True, text=True, timeout=600)
+    out = await camctl(env, "restore")
     assert out.returncode == 0, out.stderr + out.stdout
     assert f"restored backup {incremental.id}" in out.stdout
     assert f"room {room}: seq {max(told)} (backup {incremental.rooms[str(room)]}, +" in out.stdout
@@ -309,8 +313,7 @@ async def test_a_damaged_backup_is_found_by_verification_and_a_restore_refuses_i
     env = {**os.environ, "CAM_SERVER_DATE_PATH": str(site.data),
            "CAM_BACKUP_PATH": str(site.backups), "CAM_DATABASE_URL": site.dsn,
            "CAM_BACKUP_DATABASE_URL": site.backup_url}
-    camctl = [sys.executable, "-m", "camctl.cli", "backup"]
-    ok = subprocess.run([*camctl, "verify"], env=env, capture_output=True, text=True)
+    ok = await camctl(env, "backup", "verify")
     assert ok.returncode == 0 and f"backup {made.id}: database files and WAL intact" in ok.stdout
     # One byte changed in the biggest table file of the backup.
     folder = backup.layout(settings).db / made.id
@@ -319,12 +322,11 @@ async def test_a_damaged_backup_is_found_by_verification_and_a_restore_refuses_i
     raw = bytearray(victim.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     victim.write_bytes(bytes(raw))
-    bad = subprocess.run([*camctl, "verify"], env=env, capture_output=True, text=True)
+    bad = await camctl(env, "backup", "verify")
     assert bad.returncode == 1
     assert f"backup {made.id} is damaged" in bad.stderr and "checksum" in bad.stderr, bad.stderr
     target = tmp_path / "restored"
-    refused = subprocess.run([sys.executable, "-m", "camctl.cli", "restore", "--data-path",
-                              str(target)], env=env, capture_output=True, text=True)
+    refused = await camctl(env, "restore", "--data-path", str(target))
     assert refused.returncode == 1
     assert f"backup {made.id} is damaged and cannot be restored" in refused.stderr
     assert not (target / "postgres").exists() or not any((target / "postgres").iterdir())
