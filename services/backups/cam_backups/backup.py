@@ -95,6 +95,14 @@ class Layout:
         for folder in (self.root, self.wal, self.db, self.files, self.config):
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.root.chmod(0o700)
+        user = pgtools.db_user()
+        if user is not None:
+            # The WAL archive belongs to the database account: pg_receivewal writes it as
+            # that account, and a standby's restore_command reads it. The backup path
+            # itself only lets it pass (no listing); db/, files/ and config/ stay root's.
+            pgtools.chown_tree(self.wal, user)
+            self.root.chmod(0o711)
+            pgtools.allow_traverse(self.root)
 
     def manifests(self) -> list[Manifest]:
         """Every finished backup, oldest first (unfinished ones have no manifest)."""

@@ -16,8 +16,11 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
+import subprocess
 import sys
+import threading
 from typing import Any
 
 import asyncpg
@@ -27,6 +30,7 @@ from camcore.config import Settings
 from camcore.loops import Loops, every
 from camcore.runtime import load_or_exit, setup_logging, wait_for_stop_signal
 from camcore.service import instance_name
+from camctl.rig import as_user
 
 from . import backup, filecopy, pgtools
 from .pgtools import BackupError
@@ -44,6 +48,13 @@ RETRY_AFTER = 300.0
 """Seconds before a failed catch-up backup is tried again."""
 
 _UNAVAILABLE: tuple[type[BaseException], ...] = (*db.UNAVAILABLE_ERRORS, asyncpg.PostgresError)
+
+
+def _relay(proc: subprocess.Popen[bytes]) -> None:
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        log.warning("pg_receivewal: %s", line.decode(errors="replace").rstrip())
+    log.warning("pg_receivewal exited with %s; it is started again", proc.wait())
 
 
 def next_run(schedule: tuple[str, ...], after: dt.datetime) -> dt.datetime | None:
@@ -70,7 +81,7 @@ class Archiver:
         self.layout = backup.layout(settings)
         self.conn = pgtools.Conninfo.parse(settings.backup_database_url)
         self.lock_conn: asyncpg.Connection | None = None
-        self.receiver: asyncio.subprocess.Process | None = None
+        self.receiver: subprocess.Popen[bytes] | None = None
         self.lag: int | None = None
         self.busy = asyncio.Lock()
         self.state: dict[str, Any] = backup.status(settings)
@@ -113,7 +124,7 @@ class Archiver:
             await self._lose_lead()
             return
         self.lag = int(lag) if lag is not None else None
-        running = self.receiver is not None and self.receiver.returncode is None
+        running = self._receiving()
         self.layout.write_status(
             wal_lag_bytes=self.lag, wal_checked_at=backup.now_utc().isoformat(),
             wal_error=None if running and self.lag is not None else "pg_receivewal is not streaming")
@@ -125,40 +136,41 @@ class Archiver:
         self.lock_conn = None
         await self.stop_receiver()
 
+    def _receiving(self) -> bool:
+        return self.receiver is not None and self.receiver.poll() is None
+
     async def ensure_receiver(self) -> None:
-        if self.receiver is not None and self.receiver.returncode is None:
+        if self._receiving():
             return
         self.layout.ensure()
         env = self.conn.env()
-        base = [pgtools.tool("pg_receivewal"), "-d", self.conn.dsn, "-D", str(self.layout.wal),
+        dsn = self.conn.dsn + ("&" if "?" in self.conn.dsn else "?") + f"application_name={backup.SLOT}"
+        base = [pgtools.tool("pg_receivewal"), "-d", dsn, "-D", str(self.layout.wal),
                 "-S", backup.SLOT, "--no-password"]
-        made = await asyncio.create_subprocess_exec(
-            *base, "--create-slot", "--if-not-exists", env=env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-        _, err = await made.communicate()
-        if made.returncode != 0:
-            log.warning("cannot create the replication slot %s: %s", backup.SLOT,
-                        err.decode(errors="replace").strip()[-500:])
+        try:
+            await asyncio.to_thread(pgtools.run, [*base, "--create-slot", "--if-not-exists"],
+                                    env=env, what="creating the WAL archive's slot",
+                                    timeout=30, user=pgtools.db_user())
+        except BackupError as exc:
+            log.warning("%s", exc)
             return
-        self.receiver = await asyncio.create_subprocess_exec(
-            *base, "--synchronous", "--no-loop", env=env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-        asyncio.ensure_future(self._relay(self.receiver))
+        # As the database account (a standby reads the archive as that account too);
+        # plain subprocess: the event loop's own cannot change the user.
+        self.receiver = await asyncio.to_thread(functools.partial(
+            subprocess.Popen, [*base, "--synchronous", "--no-loop"], env=env, cwd="/",
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **as_user(pgtools.db_user())))
+        threading.Thread(target=_relay, args=(self.receiver,), daemon=True,
+                         name="pg_receivewal log").start()
         log.info("WAL archive: pg_receivewal streaming into %s", self.layout.wal)
-
-    async def _relay(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stderr is not None
-        async for line in proc.stderr:
-            log.warning("pg_receivewal: %s", line.decode(errors="replace").rstrip())
-        await proc.wait()
-        log.warning("pg_receivewal exited with %s; it is started again", proc.returncode)
 
     async def stop_receiver(self) -> None:
         proc, self.receiver = self.receiver, None
-        if proc is not None and proc.returncode is None:
+        if proc is not None and proc.poll() is None:
             proc.terminate()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(proc.wait(), 10)
+            try:
+                await asyncio.to_thread(proc.wait, 10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
     async def copy_files(self) -> None:
         if not (self.leader or self.settings.storage == "local"):

@@ -115,14 +115,6 @@ def start_wal_file(backup_dir: Path) -> str:
     return found.group(1)
 
 
-def restore_command(wal_dir: Path) -> str:
-    """A restore_command for pg_receivewal's folder: whole segments, else the segment
-    still being written (``.partial``, which pg_receivewal keeps full-sized)."""
-    w = str(wal_dir).replace("'", "")
-    return (f"test -f '{w}/%f' && cp '{w}/%f' '%p' || "
-            f"{{ test -f '{w}/%f.partial' && cp '{w}/%f.partial' '%p'; }}")
-
-
 _NOTABLE = re.compile(r"FATAL|ERROR|PANIC|LOG:  (recovery|redo|consistent|last completed)")
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from camcore.config import Settings
+from camctl.rig import restore_command
 
 from . import filecopy, pgtools
 from .backup import Layout, Manifest, check_chain, combine, layout, read_contents
@@ -82,7 +83,7 @@ def restore(settings: Settings, *, to: dt.datetime | None = None, backup_id: str
         combine(lay, chain, pgdir)
         staged = target_root / "restore-wal"
         stage_wal(lay.wal, chosen.start_wal, staged)
-        recovery = {"restore_command": pgtools.restore_command(staged),
+        recovery = {"restore_command": restore_command(staged),
                     "recovery_target_action": "promote", "recovery_target_timeline": "latest"}
         if to is not None:
             recovery["recovery_target_time"] = to.astimezone(dt.UTC).isoformat(sep=" ")
