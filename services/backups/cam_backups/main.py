@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import functools
 import logging
 import subprocess
 import sys
@@ -48,6 +47,13 @@ RETRY_AFTER = 300.0
 """Seconds before a failed catch-up backup is tried again."""
 
 _UNAVAILABLE: tuple[type[BaseException], ...] = (*db.UNAVAILABLE_ERRORS, asyncpg.PostgresError)
+
+
+def _spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    account = as_user(pgtools.db_user())
+    return subprocess.Popen(argv, env=env, cwd="/", stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, user=account.get("user"),
+                            group=account.get("group"), extra_groups=account.get("extra_groups"))
 
 
 def _relay(proc: subprocess.Popen[bytes]) -> None:
@@ -156,9 +162,7 @@ class Archiver:
             return
         # As the database account (a standby reads the archive as that account too);
         # plain subprocess: the event loop's own cannot change the user.
-        self.receiver = await asyncio.to_thread(functools.partial(
-            subprocess.Popen, [*base, "--synchronous", "--no-loop"], env=env, cwd="/",
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **as_user(pgtools.db_user())))
+        self.receiver = await asyncio.to_thread(_spawn, [*base, "--synchronous", "--no-loop"], env)
         threading.Thread(target=_relay, args=(self.receiver,), daemon=True,
                          name="pg_receivewal log").start()
         log.info("WAL archive: pg_receivewal streaming into %s", self.layout.wal)
