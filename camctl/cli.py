@@ -103,7 +103,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         plan = None if args.no_lb else lb.LocalPlan(args.lb, args.lb_port, root / "lb")
         if plan:
             edge_env.update(plan.edge_env(settings.trusted_proxies, settings.server_url_domain))
+        standby = None
+        if args.standby:
+            if args.nodes < 2 or settings.database_url:
+                print("--standby needs two hosts and the embedded PostgreSQL", file=sys.stderr)
+                return 2
+            standby = root / "postgres-standby"
+        (root / "run" / cluster.DEMOTED_MARKER).unlink(missing_ok=True)
         c.start_all(chat=args.chat, presence=args.presence, video=bool(domains),
+                    standby=standby, standby_archive=settings.backup_root / "wal",
                     video_domains=domains, base_port=args.base_port,
                     lb_kind=plan.kind if plan else None, lb_port=plan.port if plan else 0,
                     pg_port=args.pg_port,
@@ -326,6 +334,47 @@ def cmd_user_revoke(args: argparse.Namespace) -> int:
 def cmd_migrate(args: argparse.Namespace) -> int:
     applied = asyncio.run(db.migrate(_database_url(_settings(args))))
     print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    state = _state(settings)
+    servers: dict[str, Any] = state.get("database") or {}
+    if args.action == "status":
+        for role, info in servers.items():
+            alive = rig.port_free(int(info["port"]), info["address"]) is False
+            print(f"{role}: {info['address']}:{info['port']} on {info['host']} "
+                  f"({'listening' if alive else 'down'}), data in {info['datadir']}")
+        if not servers:
+            print("no embedded PostgreSQL in the running cluster (cam.databaseUrl names it)")
+        return 0
+    datadir = Path(args.data_dir) if args.data_dir else (
+        Path(servers["standby"]["datadir"]) if "standby" in servers else None)
+    if datadir is None:
+        print("no standby: start the cluster with 'camctl up --standby', or pass --data-dir",
+              file=sys.stderr)
+        return 1
+    try:
+        rig.promote_datadir(datadir)
+    except rig.RigError as exc:
+        print(f"camctl db promote: {exc}", file=sys.stderr)
+        return 1
+    # The old primary must not come back as a second primary.
+    run_dir = _data_root(settings) / "run"
+    if (run_dir / cluster.STATE_FILE).exists():
+        (run_dir / cluster.DEMOTED_MARKER).touch()
+    primary = servers.get("primary")
+    if primary and primary.get("process") in state.get("processes", {}):
+        p = state["processes"][primary["process"]]
+        try:
+            rpc(Path(state["hosts"][p["host"]]["socket"])).stopProcess(p["program"], True)
+            print(f"stopped the old primary ({primary['process']})")
+        except (OSError, KeyError, xmlrpc.client.Error):
+            pass  # its host is down: the marker keeps it down when the host comes back
+    print(f"{datadir}: promoted, it is the primary now. Services list both servers "
+          "(target_session_attrs=read-write) and reconnect by themselves. The old primary "
+          "stays stopped; docs/backup.md shows how to bring it back as the new standby.")
     return 0
 
 
@@ -605,6 +654,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--turn", action="store_true",
                     help="also start a coturn TURN server on 127.0.0.1:3478 and hand its "
                     "credentials to conference clients (Debian package coturn)")
+    up.add_argument("--standby", action="store_true",
+                    help="a streaming standby of PostgreSQL on camserver2 ('camctl db promote' "
+                    "switches to it)")
     up.add_argument("--lb-port", type=int, default=0,
                     help="HTTPS port of the load balancer (default 8443, or a free port if taken)")
     up.set_defaults(func=cmd_up)
@@ -662,6 +714,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(command(args, settings, _state(settings), *extra))
 
     backups.add_parsers(sub, with_settings)
+    dbp = sub.add_parser("db", help="the database: 'promote' makes the standby the primary")
+    dbp.add_argument("action", choices=["promote", "status"])
+    dbp.add_argument("--data-dir", help="the standby's data directory (default: the running "
+                     "cluster's standby)")
+    dbp.set_defaults(func=cmd_db)
 
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -42,6 +42,8 @@ LB_ADDRESS = "127.0.0.1"
 LB_SOURCE_ADDRESS = lb.SOURCE_ADDRESS
 """... and connects to the edges from here, the one address they trust for X-Forwarded-*."""
 STATE_FILE = "cluster.json"
+DEMOTED_MARKER = "postgres-primary.demoted"
+"""Written by ``camctl db promote``: the old primary stays stopped."""
 DEFAULT_PORTS = {"edge": 8080, "nats": 4222, "route": 6222, "postgres": 5432, "janus": 8088}
 
 
@@ -88,6 +90,7 @@ class LocalCluster:
         self.supervisors: dict[str, HostSupervisor] = {}
         self.nats: rig.NatsCluster | None = None
         self.pg: rig.Postgres | None = None
+        self.standby: rig.Postgres | None = None
         self.sfus: dict[str, rig.Janus] = {}
         self.turn: rig.Turn | None = None
         self.balancer: lb.LoadBalancer | None = None
@@ -234,6 +237,36 @@ class LocalCluster:
         self.database_url = self.pg.create_app_database(database)
         self.backup_url = self.pg.create_backup_role()
         return self.database_url
+
+    def start_standby(self, datadir: Path, *, port: int = 0,
+                      archive: Path | None = None) -> rig.Postgres:
+        """A streaming standby of the embedded PostgreSQL on host 2 (the spec's unit 2).
+
+        Commits then wait until the standby or the WAL archive has them (quorum
+        ``ANY 1``), so an acknowledged message survives the loss of the primary, and
+        either one may fail without stopping writes. Every database URL the services
+        get lists both servers with ``target_session_attrs=read-write``: after
+        ``camctl db promote`` they reconnect to the new primary by themselves."""
+        assert self.pg is not None, "start_postgres first"
+        h = self.hosts[1 % len(self.hosts)]
+        sb = rig.Postgres(datadir, self.port(h, "postgres", port),
+                          address=h.address, log_path=self.logdir / "postgres-standby.log",
+                          spawn=self.spawner(h), secrets_dir=self.pg.secrets_dir, primary=self.pg,
+                          name="postgres-standby")
+        sb.archive = archive
+        sb.start()
+        assert sb.proc is not None
+        self._track(self._name(h, "postgres-standby"), h, sb.proc, {"postgres": sb.port},
+                    sb._ready)
+        self.standby = sb
+        self.pg.psql(f"ALTER SYSTEM SET synchronous_standby_names = "
+                     f"'ANY 1 ({rig.STANDBY_ROLE}, cam_wal_archive)'")
+        self.pg.psql("SELECT pg_reload_conf()")
+        servers = [self.pg, sb]
+        self.database_url = rig.with_servers(self.database_url, servers)
+        if self.backup_url:
+            self.backup_url = rig.with_servers(self.backup_url, servers)
+        return sb
 
     def start_janus(self, host: Host, name: str, admin_key: str) -> rig.Janus:
         # RTP port ranges are global to the machine: one thousand ports per host. Janus
@@ -393,6 +426,9 @@ class LocalCluster:
         h = self.host(name)
         (self.rundir / f"{h.name}.down").unlink(missing_ok=True)
         names = sorted(self.on_host(h.name), key=lambda n: _priority(self.procs[n]))
+        # A primary replaced by 'camctl db promote' never comes back as a second primary.
+        names = [n for n in names if not (self.pg is not None and self.procs[n] is self.pg.proc
+                                          and (self.rundir / DEMOTED_MARKER).exists())]
         if self.supervised:
             sup = self.supervisors[h.name]
             sup.start()
@@ -409,7 +445,8 @@ class LocalCluster:
                   video_domains: list[tuple[str, int]] | None = None, base_port: int = 8080,
                   lb_kind: str | None = lb.DEFAULT_KIND, lb_port: int = 0, pg_port: int = 0,
                   cluster_hosts: str = "", edge_env: Mapping[str, str] | None = None,
-                  turn: bool = False, backups: bool = True,
+                  turn: bool = False, backups: bool = True, standby: Path | None = None,
+                  standby_archive: Path | None = None,
                   announce: Callable[[str], None] = lambda line: None) -> None:
         """Everything, in readiness order: bus, store, SFUs (and with ``turn`` a coturn
         whose servers and secret only the edges get), services, edges, balancer."""
@@ -420,6 +457,11 @@ class LocalCluster:
             announce(f"database: embedded PostgreSQL on {self.hosts[0].name}, data in "
                      f"{self.pg.datadir}")  # type: ignore[union-attr]
         self.migrate(announce)
+        if standby is not None and self.pg is not None:
+            sb = self.start_standby(standby, archive=standby_archive)
+            announce(f"database: streaming standby on {self.hosts[1 % len(self.hosts)].name} "
+                     f"({sb.address}:{sb.port}), data in {sb.datadir}; commits wait for it or "
+                     "the WAL archive; 'camctl db promote' makes it the primary")
         if video and video_domains:
             key = secrets.token_hex(12)
             for i, (domain, _) in enumerate(video_domains):
@@ -497,6 +539,13 @@ class LocalCluster:
         return {
             "run_id": self.run_id, "camctl_pid": os.getpid(), "logs": str(self.logdir),
             "database_url": self.database_url, "backup_database_url": self.backup_url,
+            "database": {role: {"datadir": str(pg.datadir), "address": pg.address,
+                                "port": pg.port, "host": self.host_of.get(name, ""),
+                                "process": name}
+                         for role, pg in (("primary", self.pg), ("standby", self.standby))
+                         if pg is not None and pg.proc is not None
+                         for name in [next((n for n, p in self.procs.items() if p is pg.proc),
+                                           "")]},
             "nats_urls": self.nats_urls() if self.nats else [],
             "nats_operator_credentials": self.credential("operator"),
             "hosts": hosts,

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -354,12 +355,40 @@ _ADOPT_PUBLIC_SCHEMA = f"""DO $$ DECLARE r record; BEGIN
     END IF; END $$"""
 
 
+def with_servers(url: str, servers: list[Postgres]) -> str:
+    """``url`` with every server listed and ``target_session_attrs=read-write``: libpq
+    and asyncpg try them in order and keep the one that takes writes."""
+    parts = urllib.parse.urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    hosts = ",".join(f"{pg.address}:{pg.port}" for pg in servers)
+    query = dict(urllib.parse.parse_qsl(parts.query))
+    query["target_session_attrs"] = "read-write"
+    return urllib.parse.urlunsplit((parts.scheme, f"{userinfo}@{hosts}", parts.path,
+                                    urllib.parse.urlencode(query), ""))
+
+
 def restore_command(wal_dir: Path) -> str:
     """A restore_command for pg_receivewal's folder: whole segments, else the segment
     still being written (``.partial``, which pg_receivewal keeps full-sized)."""
     w = str(wal_dir).replace("'", "")
     return (f"test -f '{w}/%f' && cp '{w}/%f' '%p' || "
             f"{{ test -f '{w}/%f.partial' && cp '{w}/%f.partial' '%p'; }}")
+
+
+def promote_datadir(datadir: Path, timeout: int = 60) -> None:
+    """``pg_ctl promote`` on a standby's data directory, as the account that owns it
+    (PostgreSQL's tools refuse root); returns once it takes writes."""
+    if not (datadir / "PG_VERSION").exists():
+        raise RigError(f"{datadir} is not a PostgreSQL data directory")
+    if not (datadir / "standby.signal").exists():
+        raise RigError(f"{datadir} is not a standby (no standby.signal): already the primary?")
+    owner = datadir.stat().st_uid
+    user = pwd.getpwuid(owner).pw_name if os.geteuid() == 0 and owner != 0 else None
+    r = subprocess.run([str(postgres_bin() / "pg_ctl"), "promote", "-D", str(datadir), "-w",
+                        "-t", str(timeout)], capture_output=True, text=True, cwd="/",
+                       **as_user(user))
+    if r.returncode != 0:
+        raise RigError(f"pg_ctl promote failed: {(r.stderr or r.stdout).strip()[-1000:]}")
 
 
 class Postgres:

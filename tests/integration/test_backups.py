@@ -22,7 +22,7 @@ import pytest
 from cam_backups import backup, restore
 from cam_backups.pgtools import BackupError
 
-from camclient import Client
+from camclient import Client, ClientError
 from camclient.client import login
 from camcore import accounts, db
 from camcore.config import Settings, load_settings
@@ -59,8 +59,14 @@ class Site:
                "CAM_DATABASE_URL": self.dsn, "CAM_BACKUP_DATABASE_URL": self.backup_url, **extra}
         return load_settings(None, environ=env)
 
-    def run_cluster(self, cluster: Cluster, *, backups: bool = True) -> Cluster:
+    def run_cluster(self, cluster: Cluster, *, backups: bool = True,
+                    standby: bool = False) -> Cluster:
         cluster.database = cluster.database_url = self.dsn
+        if standby:  # on host 2; every URL then lists both servers
+            cluster.pg, cluster.backup_url = self.pg, self.backup_url
+            cluster.start_standby(self.root / "standby" / "postgres", archive=self.backups / "wal")
+            self.dsn = cluster.database = cluster.database_url
+            self.backup_url = cluster.backup_url
         cluster.data_path = self.data
         cluster.extra_env.update({"CAM_SERVER_DATE_PATH": str(self.data),
                                   "CAM_BACKUP_PATH": str(self.backups)})
@@ -141,6 +147,7 @@ class Writer:
         self.acked: dict[int, str] = {}  # seq -> body, or "file:<id>"
         self.files: dict[str, bytes] = {}
         self.sent = 0
+        self.refused = 0  # answers 'unavailable' (retried)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -148,17 +155,36 @@ class Writer:
             if self.sent % 5 == 0:
                 data = png(60 + self.sent, 50) if self.sent % 10 == 0 else os.urandom(
                     20_000 + self.sent)
-                answer = await self.node.upload(self.room, f"{self.name}-{self.sent}.bin", data,
-                                                cid=f"{self.name}-f{self.sent}")
-                assert answer.status_code == 201, answer.text
-                info = answer.json()
+                info = await self.upload(data)
                 self.files[info["file"]["id"]] = data
                 self.acked[info["message"]["seq"]] = f"file:{info['file']['id']}"
             else:
                 body = f"{self.name} {self.sent}"
-                ack = await self.client.send(self.room, body, cid=f"{self.name}-{self.sent}")
+                ack = await self.send(body, f"{self.name}-{self.sent}")
                 self.acked[ack["seq"]] = body
             await asyncio.sleep(0.01)
+
+    async def send(self, body: str, cid: str) -> dict[str, Any]:
+        """Sent with the same cid until it is acknowledged, as a client must during an
+        outage (whose only allowed answer is ``unavailable``)."""
+        while True:
+            try:
+                return await self.client.send(self.room, body, cid=cid)
+            except ClientError as exc:
+                assert exc.code == "unavailable", exc
+                self.refused += 1
+                await asyncio.sleep(0.2)
+
+    async def upload(self, data: bytes) -> dict[str, Any]:
+        while True:
+            answer = await self.node.upload(self.room, f"{self.name}-{self.sent}.bin", data,
+                                            cid=f"{self.name}-f{self.sent}")
+            if answer.status_code == 201:
+                result: dict[str, Any] = answer.json()
+                return result
+            assert answer.status_code == 503, answer.text
+            self.refused += 1
+            await asyncio.sleep(0.2)
 
 
 async def start_writers(cluster: Cluster, users: list[tuple[str, str]]) -> tuple[
@@ -330,3 +356,56 @@ async def test_a_damaged_backup_is_found_by_verification_and_a_restore_refuses_i
     assert refused.returncode == 1
     assert f"backup {made.id} is damaged and cannot be restored" in refused.stderr
     assert not (target / "postgres").exists() or not any((target / "postgres").iterdir())
+
+
+async def test_promoting_the_standby_under_traffic_loses_no_acknowledged_message(
+    tmp_path: Path, sites: list[Site], cluster_factory: Any
+) -> None:
+    site = Site.start(tmp_path)
+    sites.append(site)
+    users = await make_users(site.dsn, "alice", "bob")
+    cluster = site.run_cluster(cluster_factory(2), standby=True)
+    assert cluster.standby is not None and "target_session_attrs=read-write" in site.dsn
+    writers, room = await start_writers(cluster, users)
+    stop = asyncio.Event()
+    load = [asyncio.ensure_future(w.run(stop)) for w in writers]
+
+    def acked(at_least: int) -> bool:
+        for task in load:
+            if task.done():
+                task.result()
+        return sum(len(w.acked) for w in writers) >= at_least
+
+    await eventually(lambda: acked(60), timeout=60, what="writes before the failure")
+    services = {n: p.pid for n, p in cluster.procs.items() if not n.startswith("postgres")}
+    # Unit 1's database fails (as a crash: no clean shutdown) while the clients write.
+    site.pg.stop("immediate")
+    await eventually(lambda: sum(w.refused for w in writers) > 0, timeout=30,
+                     what="the failure to reach the clients")
+    before = sum(len(w.acked) for w in writers)
+    env = {**os.environ, "CAM_SERVER_DATE_PATH": str(site.data)}
+    promoted = await camctl(env, "db", "promote", "--data-dir", str(cluster.standby.datadir))
+    assert promoted.returncode == 0, promoted.stderr
+    assert not cluster.standby.in_recovery()
+    # Nobody is restarted or reconfigured: the same processes write to the new primary.
+    await eventually(lambda: acked(before + 60), timeout=90, what="writes after the promotion")
+    stop.set()
+    await asyncio.gather(*load)
+    assert {n: p.pid for n, p in cluster.procs.items() if n in services} == services
+    assert all(cluster.procs[n].alive() for n in services)
+    async with httpx.AsyncClient() as http:
+        for name in ("camserver1", "camserver2"):
+            async def healthy(name: str = name) -> bool:
+                answer = await http.get(f"{cluster.http(name)}/CAMServer/healthCheck")
+                return answer.status_code == 200
+            await eventually(healthy, timeout=30, what=f"{name}'s health check")
+    told = {seq: body for w in writers for seq, body in w.acked.items()}
+    history = {m["seq"]: m for m in await all_messages(writers[1].client, room)}
+    for seq, body in told.items():
+        message = history.get(seq)
+        assert message is not None, f"acknowledged seq {seq} lost in the promotion"
+        assert message["body"] == body if not body.startswith("file:") else (
+            message["file"]["id"] == body[5:])
+    assert sorted(history) == list(range(1, max(history) + 1))  # no gap, no duplicate
+    for w in writers:
+        await w.client.close()
