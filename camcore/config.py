@@ -1191,6 +1191,15 @@ KEYS: Final[tuple[ConfigKey, ...]] = (
         note="camctl up makes the role 'cam_backup'; docs/backup.md shows how elsewhere.",
     ),
     ConfigKey(
+        ini="cam.backupMaxAgeHours",
+        env="CAM_BACKUP_MAX_AGE_HOURS",
+        field="backup_max_age_hours",
+        default="26",
+        description="Age of the last successful backup, in hours, beyond which the health "
+        "service warns (a daily schedule, plus slack).",
+        parse=_int_range(1, 24 * 365),
+    ),
+    ConfigKey(
         ini="cam.backupMaxWalLagBytes",
         env="CAM_BACKUP_MAX_WAL_LAG_BYTES",
         field="backup_max_wal_lag_bytes",
@@ -1284,6 +1293,7 @@ class Settings:
     backup_schedule: tuple[str, ...]
     backup_keep: int
     backup_database_url: str
+    backup_max_age_hours: int
     backup_max_wal_lag_bytes: int
     unknown_keys: tuple[str, ...]
     """boot.ini keys and CAM_* environment variables that name no key (warned, ignored)."""

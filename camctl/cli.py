@@ -527,6 +527,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
     if state.get("load_balancer"):
         print(f"load balancer: {state['load_balancer']}")
+    report = backups.backup.status(backups._with_cluster(settings, state))
+    age = report["last_backup_age"]
+    lag = report["wal_lag_bytes"]
+    print(f"backups: {report['path']}, last "
+          + (f"{backups._age(age)} ago" if age is not None else "none yet")
+          + (f", WAL archive {lag} bytes behind" if lag is not None else ", WAL archive not streaming")
+          + "".join(f"\n  WARNING {w}" for w in report["warnings"]))
     return 0
 
 

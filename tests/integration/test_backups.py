@@ -27,9 +27,12 @@ from camclient.client import login
 from camcore import accounts, db
 from camcore.config import Settings, load_settings
 from camctl import rig
-from tests.conftest import Cluster
+from tests.conftest import MONITORING_TOKEN, Cluster
 from tests.integration.test_files import Node, png
 from tests.waiting import eventually
+
+
+MONITORING = {"Authorization": f"Bearer {MONITORING_TOKEN}"}
 
 
 @dataclass
@@ -72,6 +75,7 @@ class Site:
                                   "CAM_BACKUP_PATH": str(self.backups)})
         cluster.start_chat()
         cluster.start_files()
+        cluster.start_health()
         if backups:
             cluster.start_backups(0, "backups1", CAM_BACKUP_DATABASE_URL=self.backup_url,
                                   CAM_BACKUP_SCHEDULE="off")
@@ -236,6 +240,15 @@ async def test_restore_drill_under_load_brings_back_every_acknowledged_message_a
     await eventually(lambda: (backup.layout(settings).read_status().get("files_synced_at") or "")
                      > dt.datetime.fromtimestamp(last_upload, dt.UTC).isoformat(),
                      timeout=60, what="the attachments to be copied")
+    # The health service's view shows the backup age and the archive lag.
+    async def view_backups() -> dict[str, Any]:
+        async with httpx.AsyncClient() as http:
+            view = (await http.get(cluster.http("camserver2") + "/api/cluster/view",
+                                   headers=MONITORING)).json()
+        shown: dict[str, Any] = view["backups"]
+        return shown if shown["age"] is not None and shown["wal_lag_bytes"] is not None else {}
+    shown = await eventually(view_backups, timeout=30, what="the backups in the cluster view")
+    assert shown["ok"] and shown["age"] < 600 and shown["warnings"] == [], shown
     for w in writers:
         await w.client.close()
     told = {seq: body for w in writers for seq, body in w.acked.items()}

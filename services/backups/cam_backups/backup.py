@@ -39,8 +39,6 @@ log = logging.getLogger("cam_backups")
 
 FULL_EVERY = 7
 """A chain is one full backup and up to FULL_EVERY - 1 incremental ones after it."""
-MAX_AGE_HOURS = 26.0
-"""A last successful backup older than this is a warning (a daily schedule plus slack)."""
 SLOT = "cam_wal_archive"
 """The replication slot of the WAL archive: the primary keeps WAL until it is archived."""
 
@@ -363,8 +361,9 @@ def status(settings: Settings) -> dict[str, Any]:
     warnings = []
     if last is None:
         warnings.append("no backup yet")
-    elif age is not None and age > MAX_AGE_HOURS * 3600:
-        warnings.append(f"the last backup is {age / 3600:.1f} h old (more than {MAX_AGE_HOURS:g} h)")
+    elif age is not None and age > settings.backup_max_age_hours * 3600:
+        warnings.append(f"the last backup is {age / 3600:.1f} h old (more than "
+                        f"{settings.backup_max_age_hours} h)")
     if state.get("last_error"):
         warnings.append(f"the last attempt failed: {str(state['last_error']).splitlines()[0]}")
     lag = state.get("wal_lag_bytes")

@@ -54,7 +54,32 @@ class ClusterView:
             "description": self.settings.cluster_hosts_desc,
             "hosts": [h.address for h in self.settings.cluster_hosts],
             "processes": processes,
+            "backups": self.backups(processes),
         }
+
+    def backups(self, processes: list[dict[str, Any]]) -> dict[str, Any]:
+        """The backup age and the WAL archive lag, from the leading backups replica,
+        with a warning past cam.backupMaxAgeHours or cam.backupMaxWalLagBytes."""
+        replicas = [p for p in processes if p["kind"] == "backups" and p["alive"]]
+        leader = next((p for p in replicas if p["load"].get("leader")), None)
+        if leader is None:
+            return {"age": None, "wal_lag_bytes": None, "ok": False,
+                    "warnings": ["no backups replica is leading" if replicas
+                                 else "no backups replica is running"]}
+        age, lag = leader["load"].get("backup_age", -1.0), leader["load"].get("wal_lag_bytes", -1.0)
+        warnings = []
+        if age < 0:
+            warnings.append("no backup yet")
+        elif age > self.settings.backup_max_age_hours * 3600:
+            warnings.append(f"the last backup is {age / 3600:.1f} h old")
+        if lag < 0:
+            warnings.append("the WAL archive is not streaming")
+        elif lag > self.settings.backup_max_wal_lag_bytes:
+            warnings.append(f"the WAL archive is {lag:.0f} bytes behind")
+        if not leader["load"].get("backup_ok", 0.0) and not warnings:
+            warnings.append("the last backup attempt failed ('camctl backup status')")
+        return {"age": age if age >= 0 else None, "wal_lag_bytes": lag if lag >= 0 else None,
+                "node": leader["node"], "ok": not warnings, "warnings": warnings}
 
     async def on_request(self, msg: Msg) -> None:
         await msg.respond(wire.encode(wire.Reply(ok=True, result=self.snapshot())))
