@@ -31,7 +31,6 @@ from tests.conftest import MONITORING_TOKEN, Cluster
 from tests.integration.test_files import Node, png
 from tests.waiting import eventually
 
-
 MONITORING = {"Authorization": f"Bearer {MONITORING_TOKEN}"}
 
 

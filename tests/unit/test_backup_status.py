@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from cam_backups import backup
 from cam_backups.main import next_run
 from cam_health.main import ClusterView
+
 from camcore.config import ConfigError, load_settings
 
 
