@@ -342,8 +342,12 @@ def cmd_db(args: argparse.Namespace) -> int:
     state = _state(settings)
     servers: dict[str, Any] = state.get("database") or {}
     if args.action == "status":
-        for role, info in servers.items():
+        for started_as, info in servers.items():
             alive = rig.port_free(int(info["port"]), info["address"]) is False
+            role = "standby" if (Path(info["datadir"]) / "standby.signal").exists() else "primary"
+            if (_data_root(settings) / "run" / cluster.DEMOTED_MARKER).exists() and (
+                    started_as == "primary"):
+                role = "old primary, stopped (replaced by 'camctl db promote')"
             print(f"{role}: {info['address']}:{info['port']} on {info['host']} "
                   f"({'listening' if alive else 'down'}), data in {info['datadir']}")
         if not servers:
@@ -622,13 +626,21 @@ def cmd_start_host(args: argparse.Namespace) -> int:
         raise SystemExit(f"no host {args.host!r}")
     (_data_root(settings) / "run" / f"{args.host}.down").unlink(missing_ok=True)
     edges = [n for n, p in state["processes"].items() if p["host"] == args.host and n.endswith("/edge")]
+    fenced = set()
+    if (_data_root(settings) / "run" / cluster.DEMOTED_MARKER).exists():
+        old = (state.get("database") or {}).get("primary", {}).get("process")
+        if old in state["processes"]:
+            fenced.add(state["processes"][old]["program"])
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         st = _state(settings)
         infos = _host_infos(st).get(args.host)
-        if infos and all(i["statename"] == "RUNNING" for i in infos.values()) and all(
+        if infos and all(i["statename"] == "RUNNING" for n, i in infos.items()
+                         if n not in fenced) and all(
                 rig.edge_ready(*_edge_addr(st, e)) for e in edges):
-            print(f"{args.host}: back, every process running")
+            print(f"{args.host}: back, every process running"
+                  + (" but the old database primary (replaced by 'camctl db promote')"
+                     if fenced else ""))
             return 0
         time.sleep(0.5)
     print(f"{args.host} did not come back within 120 s; see 'camctl status'", file=sys.stderr)

@@ -426,9 +426,7 @@ class LocalCluster:
         h = self.host(name)
         (self.rundir / f"{h.name}.down").unlink(missing_ok=True)
         names = sorted(self.on_host(h.name), key=lambda n: _priority(self.procs[n]))
-        # A primary replaced by 'camctl db promote' never comes back as a second primary.
-        names = [n for n in names if not (self.pg is not None and self.procs[n] is self.pg.proc
-                                          and (self.rundir / DEMOTED_MARKER).exists())]
+        names = [n for n in names if not self._fenced(self.procs[n])]
         if self.supervised:
             sup = self.supervisors[h.name]
             sup.start()
@@ -505,10 +503,19 @@ class LocalCluster:
     def wait_supervised(self, *hosts: str, timeout: float = 30.0) -> None:
         """Until the supervisors count every started program as RUNNING (it has stayed up
         through its start window), so status shows what readiness already proved."""
+        fenced = [getattr(getattr(p, "program", None), "name", None)
+                  for p in self.procs.values() if self._fenced(p)]
         for name in hosts or tuple(self.supervisors):
             sup = self.supervisors[name]
             for program in sup.programs:
-                wait_running(sup, program, timeout)
+                if program not in fenced:
+                    wait_running(sup, program, timeout)
+
+    def _fenced(self, proc: rig.Handle) -> bool:
+        """A primary replaced by 'camctl db promote': it never comes back as a second
+        primary (docs/backup.md: it rejoins as the new standby)."""
+        return (self.pg is not None and proc is self.pg.proc
+                and (self.rundir / DEMOTED_MARKER).exists())
 
     def migrate(self, announce: Callable[[str], None] = lambda line: None) -> None:
         from camcore import db
