@@ -18,12 +18,13 @@ RUN command -v openssl >/dev/null \
         && rm -rf /var/lib/apt/lists/*)
 
 # The services never need root. /var/lib/cam (cam.serverDatePath in
-# deploy/docker/boot.ini) and /certs belong to them so a named volume mounted there
-# inherits that ownership.
+# deploy/docker/boot.ini), /var/backups/cam (cam.backupPath of the backups service) and
+# /certs belong to them so a named volume mounted there inherits that ownership.
 RUN groupadd --system cam \
     && useradd --system --gid cam --home-dir /app --no-create-home \
        --shell /usr/sbin/nologin cam \
     && install -d -o cam -g cam -m 0750 /var/lib/cam \
+    && install -d -o cam -g cam -m 0700 /var/backups/cam \
     && install -d -o cam -g cam -m 0755 /certs
 
 WORKDIR /app

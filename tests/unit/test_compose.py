@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 IMAGE = "camcluster:latest"
 JANUS_CONTEXT = ROOT / "deploy" / "janus"
-SCALABLE = ("chat", "presence", "files", "health", "video-allocator")
+SCALABLE = ("chat", "presence", "files", "health", "backups", "video-allocator")
 ONE_SHOT = ("secrets", "migrate", "lb-cert")
 EDGES = ("camserver1", "camserver2")
 JANUS = ("video1", "video2")
@@ -63,6 +63,7 @@ NATS = ("nats1", "nats2", "nats3")
 #: credential; camctl is the operator's tool.
 KIND_OF = {"cam-edge": "edge", "cam-chat": "chat", "cam-presence": "presence",
            "cam-files": "files", "cam-health": "health", "cam-video-allocator": "video",
+           "cam-backups": "backups",
            "camctl": "operator"}
 CREDENTIALS_ENV = "CAM_NATS_CREDENTIALS"
 # What the load balancer's health check wants (cluster-spec.md section 5).
@@ -74,7 +75,8 @@ def docker_compose(*args: str, file: Path = COMPOSE_FILE, env: dict[str, str] | 
                    tmp: Path) -> subprocess.CompletedProcess[str]:
     binary = Path(compose.__file__).parent / "docker-compose"
     clean = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp),
-             "POSTGRES_PASSWORD": "compose-test-password", **(env or {})}
+             "POSTGRES_PASSWORD": "compose-test-password",
+             "POSTGRES_BACKUP_PASSWORD": "compose-backup-password", **(env or {})}
     return subprocess.run([str(binary), "-f", str(file), "--project-directory", str(ROOT), *args],
                           capture_output=True, text=True, env=clean, timeout=60)
 
@@ -147,8 +149,10 @@ def test_the_services_of_the_cluster(model: dict[str, Any]) -> None:
         assert cmd[2:] == ["--name", name]
     # PostgreSQL keeps its data on a named volume (the database part of serverDatePath).
     pg_volumes = services["postgres"]["volumes"]
-    assert any(v["type"] == "volume" and v["target"] == "/var/lib/postgresql/data"
+    # (PostgreSQL 18's image: one mount above its versioned data folder.)
+    assert any(v["type"] == "volume" and v["target"] == "/var/lib/postgresql"
                for v in pg_volumes)
+    assert services["postgres"]["image"] == "postgres:18"
     assert "camdata" in model["volumes"]
 
 
@@ -850,7 +854,7 @@ def test_the_database_init_script_makes_an_application_role_that_is_no_superuser
         # The image runs it over its socket as the superuser; here over TCP, as the same.
         run_env = {**os.environ, **env, "PATH": f"{server.bin}:{os.environ.get('PATH', '')}",
                    "PGHOST": server.address, "PGPORT": str(server.port),
-                   "PGPASSWORD": server.password}
+                   "PGPASSWORD": server.password, "PGDATA": str(server.datadir)}
         r = subprocess.run(["sh", str(script)], env=run_env, capture_output=True, text=True,
                            timeout=60)
         assert r.returncode == 0, r.stdout + r.stderr
@@ -876,6 +880,28 @@ def test_the_database_init_script_makes_an_application_role_that_is_no_superuser
             # The superuser has no password left: it logs in over no network.
             with pytest.raises(asyncpg.InvalidPasswordError):
                 await asyncpg.connect(server.dsn())
+            # The backup role may replicate and log in, nothing more: no table of cam.
+            backup_url = urlsplit(model["services"]["backups"]["environment"][
+                "CAM_BACKUP_DATABASE_URL"])
+            assert (backup_url.username, backup_url.password) == (
+                "cam_backup", env["POSTGRES_BACKUP_PASSWORD"])
+            conn = await asyncpg.connect(user="cam_backup", password=backup_url.password,
+                                         host=server.address, port=server.port,
+                                         database="postgres")
+            try:
+                role = await conn.fetchrow("SELECT rolsuper, rolcreatedb, rolcreaterole, "
+                                           "rolreplication FROM pg_roles WHERE rolname = current_user")
+                assert role is not None and dict(role) == {
+                    "rolsuper": False, "rolcreatedb": False, "rolcreaterole": False,
+                    "rolreplication": True}
+            finally:
+                await conn.close()
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):  # no CONNECT on cam
+                await asyncpg.connect(user="cam_backup", password=backup_url.password,
+                                      host=server.address, port=server.port, database="cam")
+
+        hba = (server.datadir / "pg_hba.conf").read_text()
+        assert hba.splitlines()[-1] == "host replication cam_backup all scram-sha-256"
 
         asyncio.run(check())
     finally:
