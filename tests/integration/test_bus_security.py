@@ -141,6 +141,12 @@ def test_a_wrong_password_is_refused_and_the_right_one_accepted(bus: Cluster):
     ("files", subjects.user_events(5), {"type": "room_added"}, "cam.hb.files.f1"),
     # Only edges (and operators) ask the files service.
     ("chat", subjects.files_rpc("usage"), {"user_id": 1}, subjects.room_events(7)),
+    # Backups only beat: no room event, no request to chat or files, no video admin.
+    ("backups", subjects.room_events(7), {"room": 7, "seq": 1}, "cam.hb.backups.b1"),
+    ("backups", subjects.chat_rpc("send"), {"user_id": 1, "room": 7, "body": "as alice"},
+     "cam.hb.backups.b1"),
+    ("backups", subjects.files_rpc("lookup"), {"id": "x"}, "cam.hb.backups.b1"),
+    ("backups", subjects.video_rpc("admin"), {"action": "drain"}, "cam.hb.backups.b1"),
 ])
 async def test_a_forged_publish_is_refused_by_the_server(
         bus: Cluster, watcher: tuple[NATS, list[tuple[str, bytes]]], kind: str, subject: str,
@@ -183,6 +189,8 @@ async def test_an_edge_cannot_drain_a_video_server(
     ("edge", f"{subjects.FILES_RPC}.*"),    # others' files requests
     ("edge", "_INBOX.chat.>"),              # another kind's replies
     ("files", "_INBOX.edge.>"),
+    ("backups", subjects.HEARTBEAT_ALL),    # it reads nobody's heartbeats
+    ("backups", subjects.ROOM_EVENTS_ALL),
 ])
 async def test_a_subscription_outside_the_credential_is_refused(bus: Cluster, kind: str,
                                                                 subject: str):
@@ -203,7 +211,7 @@ async def test_every_kind_can_do_its_own_job(bus: Cluster,
     own = [("edge", subjects.room_typing(3)), ("edge", subjects.files_rpc("usage")),
            ("chat", subjects.room_events(3)), ("files", "cam.hb.files.x"),
            ("presence", subjects.presence_user(3)), ("video", subjects.conf_events(3)),
-           ("health", "cam.hb.health.x")]
+           ("health", "cam.hb.health.x"), ("backups", "cam.hb.backups.x")]
     assert {kind for kind, _ in own} == set(permissions.PERMISSIONS) - {"operator"}
     for kind, subject in own:
         conn = await as_kind(bus, kind)

@@ -65,3 +65,31 @@ async def test_the_application_role_owns_its_schema_and_is_no_superuser(database
         assert await conn.fetchval("SELECT to_regclass('cam.scratch') IS NOT NULL")
     finally:
         await conn.close()
+
+
+async def test_the_backup_role_replicates_and_reads_no_table(postgres: rig.Postgres, database: str):
+    """cam_backup takes base backups and streams the WAL archive: it may replicate, and
+    it may not open the application's database, nor log in without its password."""
+    url = postgres.create_backup_role()
+    name = urlsplit(database).path.lstrip("/")
+    parts = urlsplit(url)
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        role = await conn.fetchrow("SELECT rolsuper, rolcreatedb, rolcreaterole, rolreplication, "
+                                   "rolbypassrls FROM pg_roles WHERE rolname = current_user")
+        assert role is not None and dict(role) == {
+            "rolsuper": False, "rolcreatedb": False, "rolcreaterole": False,
+            "rolreplication": True, "rolbypassrls": False}
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.fetch("SELECT rolpassword FROM pg_authid")
+    finally:
+        await conn.close()
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):  # no CONNECT on the app's database
+        await asyncpg.connect(urlunsplit(parts._replace(path=f"/{name}")), timeout=10)
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(url.replace(parts.password or "", "wrong"), timeout=10)
+    # ... and it really can replicate: IDENTIFY_SYSTEM over a replication connection.
+    r = subprocess.run([str(postgres.bin / "psql"), f"{without_password(url)}?replication=true",
+                        "-w", "-tAc", "IDENTIFY_SYSTEM"], capture_output=True, text=True,
+                       env={"PATH": "/usr/bin:/bin", "PGPASSWORD": parts.password or ""})
+    assert r.returncode == 0 and r.stdout.count("|") == 3, r.stderr
