@@ -3,6 +3,7 @@ own schema and nothing else: no superuser powers, no programs, no password hashe
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from urllib.parse import urlsplit, urlunsplit
 
@@ -89,7 +90,8 @@ async def test_the_backup_role_replicates_and_reads_no_table(postgres: rig.Postg
     with pytest.raises(asyncpg.InvalidPasswordError):
         await asyncpg.connect(url.replace(parts.password or "", "wrong"), timeout=10)
     # ... and it really can replicate: IDENTIFY_SYSTEM over a replication connection.
-    r = subprocess.run([str(postgres.bin / "psql"), f"{without_password(url)}?replication=true",
-                        "-w", "-tAc", "IDENTIFY_SYSTEM"], capture_output=True, text=True,
-                       env={"PATH": "/usr/bin:/bin", "PGPASSWORD": parts.password or ""})
+    r = await asyncio.to_thread(
+        subprocess.run, [str(postgres.bin / "psql"), f"{without_password(url)}?replication=true",
+                         "-w", "-tAc", "IDENTIFY_SYSTEM"], capture_output=True, text=True,
+        env={"PATH": "/usr/bin:/bin", "PGPASSWORD": parts.password or ""})
     assert r.returncode == 0 and r.stdout.count("|") == 3, r.stderr
