@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -161,3 +162,51 @@ def test_killing_camctl_with_sigkill_leaves_no_process_behind(tmp_path: Path):
     up.proc.wait(10)
     rig.wait_for(lambda: up.leftovers() == [], 60, "every child of camctl to be gone")
     assert not rig.port_open(up.base, "127.0.1.1")
+
+
+def test_camctl_up_backs_up_and_switches_to_its_database_standby(tmp_path: Path):
+    up = Up(tmp_path, [sys.executable, "-m", "camctl.cli", "up", "--no-video", "--no-lb",
+                       "--standby"])
+    try:
+        assert "database: streaming standby on camserver2" in up.text()
+        status = up.status()
+        assert status["camserver2/postgres-standby"][1] == "RUNNING"
+        assert all(status[f"{h}/backups"][1] == "RUNNING" for h in ("camserver1", "camserver2"))
+        taken = up.camctl("backup")
+        assert taken.returncode == 0 and "taken and verified" in taken.stdout, taken.stderr
+
+        def report() -> dict[str, Any]:
+            r = up.camctl("backup", "status", "--json")
+            got: dict[str, Any] = json.loads(r.stdout)
+            return got
+
+        rig.wait_for(lambda: report()["ok"], 60, "backups without warnings")
+        shown = report()
+        assert shown["path"] == f"{up.data}-backups" and shown["wal_lag_bytes"] is not None
+        assert up.camctl("backup", "verify").returncode == 0
+
+        # Unit 1 fails as a whole; the standby becomes the primary.
+        assert up.camctl("kill-host", "camserver1").returncode == 0
+        promoted = up.camctl("db", "promote")
+        assert promoted.returncode == 0 and "promoted" in promoted.stdout, promoted.stderr
+        # Services on camserver2 find it by themselves: a login (a write) works there.
+        password = (up.data / "admin-password.txt").read_text().strip()
+
+        def logs_in() -> bool:
+            r = httpx.post(f"http://127.0.1.2:{up.base}/api/login",
+                           json={"username": "admin", "password": password})
+            return r.status_code == 200
+
+        rig.wait_for(logs_in, 60, "a login on camserver2 after the promotion")
+        # The old primary stays stopped when its host comes back.
+        back = up.camctl("start-host", "camserver1")
+        assert back.returncode == 0 and "old database primary" in back.stdout, back.stdout
+        roles = up.camctl("db", "status").stdout
+        assert "old primary, stopped" in roles and "primary: 127.0.1.2" in roles, roles
+        assert rig.edge_ready(up.base, "127.0.1.1")
+        assert up.camctl("down").returncode == 0
+        assert up.proc.wait(30) == 0, up.text()
+    finally:
+        if up.proc.poll() is None:
+            os.killpg(up.proc.pid, signal.SIGINT)
+            up.proc.wait(90)
