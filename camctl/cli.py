@@ -103,6 +103,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         plan = None if args.no_lb else lb.LocalPlan(args.lb, args.lb_port, root / "lb")
         if plan:
             edge_env.update(plan.edge_env(settings.trusted_proxies, settings.server_url_domain))
+        promoted = root / "postgres-standby"
+        if (promoted / "PG_VERSION").exists() and not (promoted / "standby.signal").exists():
+            print(f"{promoted} was promoted ('camctl db promote'): it holds the newest data, "
+                  f"and {root / 'postgres'} is the old primary. Move {root / 'postgres'} away "
+                  f"and {promoted} to {root / 'postgres'}, then start again (docs/backup.md, "
+                  "'Bringing unit 1 back')", file=sys.stderr)
+            return 1
         standby = None
         if args.standby:
             if args.nodes < 2 or settings.database_url:

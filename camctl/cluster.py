@@ -455,6 +455,11 @@ class LocalCluster:
             announce(f"database: embedded PostgreSQL on {self.hosts[0].name}, data in "
                      f"{self.pg.datadir}")  # type: ignore[union-attr]
         self.migrate(announce)
+        if standby is None and self.pg is not None:
+            # No standby this time: commits must not wait for one (an earlier
+            # --standby run persisted the setting in the data directory).
+            self.pg.psql("ALTER SYSTEM RESET synchronous_standby_names")
+            self.pg.psql("SELECT pg_reload_conf()")
         if standby is not None and self.pg is not None:
             sb = self.start_standby(standby, archive=standby_archive)
             announce(f"database: streaming standby on {self.hosts[1 % len(self.hosts)].name} "

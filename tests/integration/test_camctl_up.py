@@ -206,6 +206,9 @@ def test_camctl_up_backs_up_and_switches_to_its_database_standby(tmp_path: Path)
         assert rig.edge_ready(up.base, "127.0.1.1")
         assert up.camctl("down").returncode == 0
         assert up.proc.wait(30) == 0, up.text()
+        # Started again as it was, the old primary would be a second primary: refused.
+        again = up.camctl("up", "--no-video", "--no-lb", timeout=60)
+        assert again.returncode == 1 and "was promoted" in again.stderr, again.stderr
     finally:
         if up.proc.poll() is None:
             os.killpg(up.proc.pid, signal.SIGINT)

@@ -93,6 +93,9 @@ def restore(settings: Settings, *, to: dt.datetime | None = None, backup_id: str
             with pgtools.PrivatePostgres(pgdir, recovery=recovery,
                                          log_path=target_root / "restore-postgres.log") as pg:
                 rooms, rows, files = read_contents(pg, chosen.database)
+                # The restored server has no standby yet: its commits must not wait
+                # for one (docs/backup.md, the standby).
+                pg.psql("ALTER SYSTEM RESET synchronous_standby_names")
         except BackupError as exc:
             shutil.rmtree(pgdir, ignore_errors=True)
             if to is not None and "before configured recovery target" in str(exc):
