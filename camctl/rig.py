@@ -307,15 +307,29 @@ def postgres_bin() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
-def _allow_traverse(path: Path) -> None:
-    """Let the database account reach ``path`` (adds only the search bit to parents)."""
+def allow_traverse(path: Path) -> None:
+    """Let the database account reach ``path`` (adds only the search bit to it and its
+    parents)."""
     for parent in [path, *path.parents]:
         mode = parent.stat().st_mode
         if not mode & stat.S_IXOTH:
             parent.chmod(mode | stat.S_IXOTH)
 
 
-def _ensure_pg_user() -> str | None:
+def chown_tree(path: Path, user: str | None) -> None:
+    """Give ``path`` and everything under it to ``user`` (nothing when None)."""
+    if user is None:
+        return
+    entry = pwd.getpwnam(user)
+    for dirpath, _, filenames in os.walk(path):
+        os.chown(dirpath, entry.pw_uid, entry.pw_gid)
+        for name in filenames:
+            os.chown(os.path.join(dirpath, name), entry.pw_uid, entry.pw_gid)
+
+
+def ensure_pg_user() -> str | None:
+    """The account PostgreSQL runs as: PostgreSQL refuses root, so root uses PG_USER
+    (made when missing); anyone else runs it as themselves (None)."""
     if os.geteuid() != 0:
         return None
     try:
@@ -414,7 +428,7 @@ class Postgres:
         """A standby's WAL archive: what streaming has not brought, it reads there."""
         self.address = address
         self.port = port or free_port(address)
-        self.user = _ensure_pg_user()
+        self.user = ensure_pg_user()
         self.bin = postgres_bin()
         self.log_path = log_path or self.datadir.parent / "postgres.log"
         self.spawn = spawn
@@ -515,13 +529,9 @@ class Postgres:
         (self.datadir / "standby.signal").touch()
         self.datadir.chmod(0o700)
         if self.user:
-            entry = pwd.getpwnam(self.user)
-            for dirpath, _, files in os.walk(self.datadir):
-                os.chown(dirpath, entry.pw_uid, entry.pw_gid)
-                for f in files:
-                    os.chown(os.path.join(dirpath, f), entry.pw_uid, entry.pw_gid)
-            _allow_traverse(self.datadir.parent)
-            _allow_traverse(self.bin)
+            chown_tree(self.datadir, self.user)
+            allow_traverse(self.datadir.parent)
+            allow_traverse(self.bin)
 
     def in_recovery(self) -> bool:
         return self.psql("SELECT pg_is_in_recovery()") == "t"
@@ -549,8 +559,8 @@ class Postgres:
         self.datadir.chmod(0o700)
         self._chown(self.datadir)
         if self.user:
-            _allow_traverse(self.datadir.parent)
-            _allow_traverse(self.bin)
+            allow_traverse(self.datadir.parent)
+            allow_traverse(self.bin)
         pwfile = self.datadir.parent / f".pw-{secrets.token_hex(4)}"
         pwfile.write_text(self.password + "\n", encoding="utf-8")
         pwfile.chmod(0o600)

@@ -204,14 +204,22 @@ async def start_writers(cluster: Cluster, users: list[tuple[str, str]]) -> tuple
     return writers, int(room["id"])
 
 
-async def test_restore_drill_under_load_brings_back_every_acknowledged_message_and_file(
-    tmp_path: Path, sites: list[Site], cluster_factory: Any
-) -> None:
+async def drill(tmp_path: Path, sites: list[Site], cluster_factory: Any, **kw: Any) -> tuple[
+        Site, Cluster, list[tuple[str, str]], list[Writer], int]:
+    """A site with a two-node cluster on it, alice on camserver1 and bob on camserver2
+    in one room, each with a writer."""
     site = Site.start(tmp_path)
     sites.append(site)
     users = await make_users(site.dsn, "alice", "bob")
-    cluster = site.run_cluster(cluster_factory(2))
+    cluster = site.run_cluster(cluster_factory(2), **kw)
     writers, room = await start_writers(cluster, users)
+    return site, cluster, users, writers, room
+
+
+async def test_restore_drill_under_load_brings_back_every_acknowledged_message_and_file(
+    tmp_path: Path, sites: list[Site], cluster_factory: Any
+) -> None:
+    site, cluster, users, writers, room = await drill(tmp_path, sites, cluster_factory)
     settings = site.settings()
     stop = asyncio.Event()
     load = [asyncio.ensure_future(w.run(stop)) for w in writers]
@@ -296,11 +304,7 @@ async def test_restore_drill_under_load_brings_back_every_acknowledged_message_a
 async def test_a_restore_to_a_time_between_two_writes_holds_exactly_what_came_before(
     tmp_path: Path, sites: list[Site], cluster_factory: Any
 ) -> None:
-    site = Site.start(tmp_path)
-    sites.append(site)
-    users = await make_users(site.dsn, "alice", "bob")
-    cluster = site.run_cluster(cluster_factory(2))
-    writers, room = await start_writers(cluster, users)
+    site, cluster, users, writers, room = await drill(tmp_path, sites, cluster_factory)
     alice = writers[0].client
     settings = site.settings()
     for i in range(5):
@@ -373,12 +377,9 @@ async def test_a_damaged_backup_is_found_by_verification_and_a_restore_refuses_i
 async def test_promoting_the_standby_under_traffic_loses_no_acknowledged_message(
     tmp_path: Path, sites: list[Site], cluster_factory: Any
 ) -> None:
-    site = Site.start(tmp_path)
-    sites.append(site)
-    users = await make_users(site.dsn, "alice", "bob")
-    cluster = site.run_cluster(cluster_factory(2), standby=True)
+    site, cluster, users, writers, room = await drill(tmp_path, sites, cluster_factory,
+                                                      standby=True)
     assert cluster.standby is not None and "target_session_attrs=read-write" in site.dsn
-    writers, room = await start_writers(cluster, users)
     stop = asyncio.Event()
     load = [asyncio.ensure_future(w.run(stop)) for w in writers]
 

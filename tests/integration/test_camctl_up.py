@@ -117,8 +117,8 @@ def test_make_up_in_a_fresh_clone_runs_conferences_and_the_login_hint_works(
 
         status = up.status()
         for host in ("camserver1", "camserver2"):
-            for part in ("edge", "nats", "chat1", "presence1", "files1", "health", "video",
-                         "janus"):
+            for part in ("edge", "nats", "chat1", "presence1", "files1", "health", "backups",
+                         "video", "janus"):
                 assert status[f"{host}/{part}"][1] == "RUNNING", status
         assert status["camserver1/postgres"][1] == "RUNNING"
         assert status["lb/caddy"][1] == "RUNNING"

@@ -100,7 +100,7 @@ class Layout:
             # itself only lets it pass (no listing); db/, files/ and config/ stay root's.
             pgtools.chown_tree(self.wal, user)
             self.root.chmod(0o711)
-            pgtools.allow_traverse(self.root)
+            pgtools.allow_traverse(self.root.parent)
 
     def manifests(self) -> list[Manifest]:
         """Every finished backup, oldest first (unfinished ones have no manifest)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import re
 import secrets
 import shutil
@@ -20,7 +19,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from camctl.rig import PG_USER, as_user, postgres_bin
+from camctl.rig import allow_traverse, as_user, chown_tree, postgres_bin
+from camctl.rig import ensure_pg_user as db_user
 
 
 class BackupError(RuntimeError):
@@ -72,36 +72,6 @@ def run(argv: Sequence[str], *, env: dict[str, str] | None = None, what: str,
                  if "skipping special file" not in line]
         raise BackupError(f"{what} failed: " + "\n  ".join(lines[-12:] or [f"exit {r.returncode}"]))
     return r.stdout
-
-
-def db_user() -> str | None:
-    """The account PostgreSQL runs as: PostgreSQL refuses root, so root uses PG_USER."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        pwd.getpwnam(PG_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                        PG_USER], check=True, capture_output=True)
-    return PG_USER
-
-
-def chown_tree(path: Path, user: str | None) -> None:
-    if user is None:
-        return
-    entry = pwd.getpwnam(user)
-    for dirpath, _, filenames in os.walk(path):
-        os.chown(dirpath, entry.pw_uid, entry.pw_gid)
-        for name in filenames:
-            os.chown(os.path.join(dirpath, name), entry.pw_uid, entry.pw_gid)
-
-
-def allow_traverse(path: Path) -> None:
-    """Let the database account reach ``path`` (adds only the search bit to parents)."""
-    for parent in path.parents:
-        mode = parent.stat().st_mode
-        if not mode & 0o001:
-            parent.chmod(mode | 0o001)
 
 
 _START_WAL = re.compile(r"^START WAL LOCATION: \S+ \(file ([0-9A-F]{24})\)", re.M)
@@ -161,8 +131,8 @@ class PrivatePostgres:
         chown_tree(self.datadir, self.user)
         chown_tree(self.sockdir, self.user)
         if self.user:
-            allow_traverse(self.datadir)
-            allow_traverse(postgres_bin() / "x")
+            allow_traverse(self.datadir.parent)  # not the data directory itself: 0700
+            allow_traverse(postgres_bin())
         argv = [tool("postgres"), "-D", str(self.datadir), "-p", str(self.port)]
         for key, value in settings.items():
             argv += ["-c", f"{key}={value}"]
