@@ -6,7 +6,9 @@ damaged backup refused.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
+import hashlib
 import os
 import shutil
 import subprocess
@@ -19,7 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
-from cam_backups import backup, restore
+from cam_backups import backup, filecopy, restore
 from cam_backups.pgtools import BackupError
 
 from camclient import Client, ClientError
@@ -422,3 +424,42 @@ async def test_promoting_the_standby_under_traffic_loses_no_acknowledged_message
     assert sorted(history) == list(range(1, max(history) + 1))  # no gap, no duplicate
     for w in writers:
         await w.client.close()
+
+
+async def test_attachments_in_s3_go_to_the_backup_and_back(tmp_path: Path) -> None:
+    """With cam.storage=s3, rclone copies the bucket's files/ to the backup path and back
+    (a real S3 server; the key pair only in rclone's environment)."""
+    from camcore.s3 import S3Store
+    from tests.integration.test_files import SECRET
+
+    s3 = rig.S3Server(tmp_path / "s3").start()
+    try:
+        settings = load_settings(None, environ={
+            "CAM_SERVER_DATE_PATH": str(tmp_path / "data"), "CAM_STORAGE": "s3",
+            "CAM_S3_ENDPOINT": s3.endpoint, "CAM_S3_BUCKET": s3.bucket,
+            "CAM_S3_ACCESS_KEY": s3.access_key, "CAM_S3_SECRET_KEY": s3.secret_key,
+            "CAM_CLUSTER_SECRET": SECRET})
+        store = S3Store(s3.endpoint, s3.bucket, "us-east-1", s3.access_key, s3.secret_key)
+        blobs = {f"key{i}-{os.urandom(4).hex()}": os.urandom(1000 + i) for i in range(3)}
+        for key, data in blobs.items():
+            src = tmp_path / key
+            src.write_bytes(data)
+            await store.put(key, src)
+        copy = tmp_path / "backup-files"
+        await asyncio.to_thread(filecopy.to_backup, settings, copy)
+        wanted = {k: {"size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
+                  for k, d in blobs.items()}
+        assert filecopy.check(copy, wanted) == []
+        for key in blobs:
+            await store.delete(key)
+        await asyncio.to_thread(filecopy.from_backup, settings, copy)
+        for key, data in blobs.items():
+            got = await store.get(key)
+            assert b"".join([c async for c in got.chunks]) == data
+        # A wrong key pair is refused with rclone's words, not ignored.
+        bad = dataclasses.replace(settings, s3_secret_key="wrong")
+        with pytest.raises(BackupError, match="copying attachments to the backup failed"):
+            await asyncio.to_thread(filecopy.to_backup, bad, tmp_path / "other")
+        await store.close()
+    finally:
+        s3.stop()
