@@ -16,7 +16,7 @@ from cam_backups.pgtools import BackupError
 from camcore.config import Settings
 
 
-def _with_cluster(settings: Settings, state: dict[str, Any]) -> Settings:
+def with_cluster(settings: Settings, state: dict[str, Any]) -> Settings:
     """Settings completed by the running local cluster (``camctl up``): its database and
     backup role, when boot.ini names none."""
     return dataclasses.replace(
@@ -32,7 +32,7 @@ def _fail(exc: BackupError) -> int:
 
 
 def cmd_backup(args: argparse.Namespace, settings: Settings, state: dict[str, Any]) -> int:
-    settings = _with_cluster(settings, state)
+    settings = with_cluster(settings, state)
     action = args.action or "take"
     if action == "status":
         report = backup.status(settings)
@@ -76,7 +76,7 @@ def format_status(report: dict[str, Any]) -> str:
     lines = [f"backup path: {report['path']}",
              f"schedule: {', '.join(report['schedule']) or 'off'} (local time), keep {report['keep']}"]
     age = report["last_backup_age"]
-    lines.append("last backup: " + (f"{report['last_success']} ({_age(age)} ago)"
+    lines.append("last backup: " + (f"{report['last_success']} ({age_text(age)} ago)"
                                     if age is not None else "none yet"))
     lag = report["wal_lag_bytes"]
     lines.append("WAL archive: " + (f"{lag} bytes behind (checked {report['wal_checked_at']})"
@@ -92,7 +92,7 @@ def format_status(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _age(seconds: float) -> str:
+def age_text(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:
@@ -102,7 +102,7 @@ def _age(seconds: float) -> str:
 
 def cmd_restore(args: argparse.Namespace, settings: Settings, state: dict[str, Any],
                 running: Callable[[Path], int | None]) -> int:
-    settings = _with_cluster(settings, state)
+    settings = with_cluster(settings, state)
     target = Path(args.data_path).expanduser().resolve() if args.data_path else None
     where = target or settings.data_root.expanduser().resolve()
     pid = running(where)

@@ -350,7 +350,7 @@ def cmd_db(args: argparse.Namespace) -> int:
     servers: dict[str, Any] = state.get("database") or {}
     if args.action == "status":
         for started_as, info in servers.items():
-            alive = rig.port_free(int(info["port"]), info["address"]) is False
+            alive = not rig.port_free(int(info["port"]), info["address"])
             role = "standby" if (Path(info["datadir"]) / "standby.signal").exists() else "primary"
             if (_data_root(settings) / "run" / cluster.DEMOTED_MARKER).exists() and (
                     started_as == "primary"):
@@ -538,11 +538,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
     if state.get("load_balancer"):
         print(f"load balancer: {state['load_balancer']}")
-    report = backups.backup.status(backups._with_cluster(settings, state))
+    report = backups.backup.status(backups.with_cluster(settings, state))
     age = report["last_backup_age"]
     lag = report["wal_lag_bytes"]
     print(f"backups: {report['path']}, last "
-          + (f"{backups._age(age)} ago" if age is not None else "none yet")
+          + (f"{backups.age_text(age)} ago" if age is not None else "none yet")
           + (f", WAL archive {lag} bytes behind" if lag is not None else ", WAL archive not streaming")
           + "".join(f"\n  WARNING {w}" for w in report["warnings"]))
     return 0
