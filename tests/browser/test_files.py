@@ -382,7 +382,7 @@ async def test_attached_and_dropped_files_upload_one_after_another_and_download(
     assert (name, data) == ("dropped.txt", b"dropped bytes\n")
 
     # ---- a slow upload shows its progress, and its cancel button stops it
-    slow = bytes(range(256)) * 6000   # 1.5 MB
+    slow = bytes(range(256)) * 24000   # 6 MB: at 250 kB/s, far from done when cancelled
     async with _slow_uploads(alice, 250_000):
         await alice.tid("attach-input").set_input_files(
             files=[_payload("slow.bin", "application/octet-stream", slow)])
