@@ -62,7 +62,7 @@ def _verify(settings: Settings, backup_id: str | None) -> int:
         return _fail(exc)
     from cam_backups import filecopy
 
-    bad = filecopy.check(lay.files, chosen.files)
+    bad = filecopy.check(lay.files, chosen.files, remember=False)  # every file hashed again
     if bad:
         print(f"camctl: backup {chosen.id}: {len(bad)} attachment(s) missing or damaged: "
               + ", ".join(bad[:10]), file=sys.stderr)
