@@ -71,3 +71,25 @@ def test_the_health_view_warns_on_an_old_backup_or_a_lagging_archive(tmp_path: P
     assert view.backups([beat("edge")])["warnings"] == ["no backups replica is running"]
     assert view.backups([beat("backups", leader=0)])["warnings"] == [
         "no backups replica is leading"]
+
+
+def test_a_restore_time_is_iso_8601_and_local_without_a_zone() -> None:
+    from cam_backups.pgtools import BackupError
+    from cam_backups.restore import parse_time
+
+    zoned = parse_time("2026-12-02T14:30:00+01:00")
+    assert zoned.utcoffset() == dt.timedelta(hours=1)
+    naive = parse_time("2026-12-02 14:30")
+    assert naive.tzinfo is not None and naive.replace(tzinfo=None) == dt.datetime(2026, 12, 2, 14, 30)
+    for bad in ("yesterday", "2026-13-01", "14:30:00+25:00", ""):
+        with pytest.raises(BackupError, match="expected an ISO 8601 time"):
+            parse_time(bad)
+
+
+def test_nothing_to_restore_is_said_plainly(tmp_path: Path) -> None:
+    from cam_backups.pgtools import BackupError
+    from cam_backups.restore import restore
+
+    with pytest.raises(BackupError, match="no verified backup in .*nothing to restore"):
+        restore(settings(tmp_path), data_path=tmp_path / "target")
+    assert not (tmp_path / "target" / "postgres").exists()
