@@ -83,24 +83,40 @@ def validate_username(username: str) -> None:
         )
 
 
-def check_password(password: str) -> None:
-    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
-        raise RequestError(f"password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters long")
+def check_password(password: str, *, min_length: int = MIN_PASSWORD) -> None:
+    """The password policy: ``min_length`` (cam.userPasswordMinLength) to MAX_PASSWORD
+    characters, no NUL."""
+    if not min_length <= len(password) <= MAX_PASSWORD:
+        raise RequestError(f"password must be {min_length} to {MAX_PASSWORD} characters long")
+    if "\x00" in password:
+        raise RequestError("a password cannot hold a NUL character")
+
+
+async def hash_password(password: str) -> str:
+    """The Argon2id hash of ``password``, made off the event loop."""
+    return await asyncio.to_thread(_hasher.hash, password)
 
 
 async def create_user(
-    pool: asyncpg.Pool,
+    conn: asyncpg.Pool | asyncpg.Connection,
     username: str,
     password: str,
     *,
+    min_length: int = MIN_PASSWORD,
     display_name: str | None = None,
     is_admin: bool = False,
 ) -> User:
     validate_username(username)
-    check_password(password)
-    pw_hash = await asyncio.to_thread(_hasher.hash, password)
+    check_password(password, min_length=min_length)
+    return await insert_user(conn, username, await hash_password(password),
+                             display_name=display_name, is_admin=is_admin)
+
+
+async def insert_user(conn: asyncpg.Pool | asyncpg.Connection, username: str, pw_hash: str, *,
+                      display_name: str | None = None, is_admin: bool = False) -> User:
+    """A new member with an already hashed password (``conflict`` if the name is taken)."""
     try:
-        row = await pool.fetchrow(
+        row = await conn.fetchrow(
             "INSERT INTO users (username, display_name, password_hash, is_admin)"
             " VALUES ($1, $2, $3, $4) RETURNING id, username, display_name, is_admin",
             username,
@@ -115,7 +131,8 @@ async def create_user(
 
 
 async def list_users(pool: asyncpg.Pool) -> list[User]:
-    rows = await pool.fetch("SELECT id, username, display_name, is_admin FROM users ORDER BY id")
+    rows = await pool.fetch("SELECT id, username, display_name, is_admin FROM users"
+                            " WHERE system_role IS NULL ORDER BY id")  # not the probe's
     return [_user(r) for r in rows]
 
 
@@ -128,18 +145,19 @@ def like_contains(text: str) -> str:
 async def directory(pool: asyncpg.Pool, *, after: int = 0, limit: int = 100,
                     query: str | None = None) -> list[User]:
     """Users in id order, after the given id (keyset paging); with ``query``, only those
-    whose user name or display name contains it, case-insensitively. Guests are never
-    listed."""
+    whose user name or display name contains it, case-insensitively. Guests and system
+    accounts (the self-probe's) are never listed."""
     if query is None:
         rows = await pool.fetch(
             "SELECT id, username, display_name, is_admin FROM users WHERE id > $1"
-            " AND guest_link IS NULL ORDER BY id LIMIT $2",
+            " AND guest_link IS NULL AND system_role IS NULL ORDER BY id LIMIT $2",
             after, limit,
         )
     else:
         rows = await pool.fetch(
             "SELECT id, username, display_name, is_admin FROM users WHERE id > $1"
-            " AND guest_link IS NULL AND (username ILIKE $3 ESCAPE '\\' OR display_name ILIKE $3 ESCAPE '\\')"
+            " AND guest_link IS NULL AND system_role IS NULL"
+            " AND (username ILIKE $3 ESCAPE '\\' OR display_name ILIKE $3 ESCAPE '\\')"
             " ORDER BY id LIMIT $2",
             after, limit, like_contains(query),
         )
@@ -156,12 +174,17 @@ async def authenticate(pool: asyncpg.Pool, username: str, password: str) -> User
     if not USERNAME_RE.fullmatch(username) or len(password) > MAX_PASSWORD:
         raise CamError("wrong user name or password", errors.BAD_CREDENTIALS)
     row = await pool.fetchrow(
-        "SELECT id, username, display_name, is_admin, password_hash FROM users"
-        " WHERE username = $1 AND guest_link IS NULL",
+        "SELECT id, username, display_name, is_admin, password_hash,"
+        " deactivated_at IS NOT NULL AS deactivated FROM users"
+        " WHERE username = $1 AND guest_link IS NULL AND system_role IS NULL",
         username,
     )
     if not await _matches(row["password_hash"] if row else None, password) or row is None:
         raise CamError("wrong user name or password", errors.BAD_CREDENTIALS)
+    if row["deactivated"]:
+        # Said only to whoever knows the password: it tells them nothing new.
+        raise CamError("this account is deactivated: ask an administrator",
+                       errors.ACCOUNT_DEACTIVATED)
     return _user(row)
 
 
@@ -212,7 +235,7 @@ async def resolve_session(pool: asyncpg.Pool, token: str) -> User | None:
         " FROM sessions s JOIN users u ON u.id = s.user_id"
         " LEFT JOIN meeting_links l ON l.id = u.guest_link"
         " WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()"
-        " AND (u.guest_link IS NULL OR l.revoked_at IS NULL)",
+        " AND u.deactivated_at IS NULL AND (u.guest_link IS NULL OR l.revoked_at IS NULL)",
         _token_hash(token),
     )
     if row is None:
@@ -258,15 +281,15 @@ async def revoke_user_sessions(conn: asyncpg.Pool | asyncpg.Connection, user_id:
 
 
 async def set_password(pool: asyncpg.Pool, user_id: int, password: str, *,
-                       keep: str | None = None) -> list[str]:
+                       keep: str | None = None, min_length: int = MIN_PASSWORD) -> list[str]:
     """Give the user a new password and revoke their sessions but ``keep`` (a token).
 
     Returns the revoked sessions' fingerprints (see ``revoke_user_sessions``). Both
     happen in one transaction, so a session stolen with the old password does not
     outlive the change.
     """
-    check_password(password)
-    pw_hash = await asyncio.to_thread(_hasher.hash, password)
+    check_password(password, min_length=min_length)
+    pw_hash = await hash_password(password)
     async with pool.acquire() as conn, conn.transaction():
         status = await conn.execute(
             "UPDATE users SET password_hash = $2 WHERE id = $1", user_id, pw_hash)

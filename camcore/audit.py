@@ -2,8 +2,8 @@
 
 Chat writes the moderation ops in their own transactions; the edge writes session
 revocations by admins; ``camctl`` writes what operators do (``actor_id`` NULL, and
-who ran it in ``detail``). A later admin console pages the table by id and filters by
-actor and action (the indexes of migration 0004).
+who ran it in ``detail``). The admin console (``camcore.admin.audit_page``) pages the
+table by id and filters by actor and action (the indexes of migration 0004).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ async def record(conn: asyncpg.Connection | asyncpg.Pool, actor: int | None, act
                  detail: dict[str, Any] | None = None) -> None:
     """One audit row; ``actor`` None is an operator at the command line."""
     if actor is None:
-        detail = {"via": "camctl", "os_user": _os_user(), **(detail or {})}
+        detail = {"via": "camctl", "os_user": os_user(), **(detail or {})}
     await conn.execute(
         "INSERT INTO audit_log (actor_id, action, room_id, user_id, seq, detail)"
         " VALUES ($1, $2, $3, $4, $5, $6::jsonb)",
@@ -39,7 +39,8 @@ async def record(conn: asyncpg.Connection | asyncpg.Pool, actor: int | None, act
     )
 
 
-def _os_user() -> str:
+def os_user() -> str:
+    """Who runs this process (the OS user), for audit rows of operators."""
     try:
         return getpass.getuser()
     except (KeyError, OSError):

@@ -17,7 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from . import errors, permissions, subjects
+from . import errors, metrics, permissions, requestid, subjects
 from .errors import CamError, Unavailable
 from .loops import Body, every
 from .wire import Reply, encode
@@ -60,11 +60,13 @@ async def connect(
             log.debug("bus: connection closed")
         else:
             log.warning("bus: disconnected")
+            metrics.bus_lost()
         if disconnected_cb:
             await disconnected_cb()
 
     async def on_reconnect() -> None:
         log.info("bus: reconnected to %s", nc.connected_url.netloc if nc.connected_url else "?")
+        metrics.bus_back()
         if reconnected_cb:
             await reconnected_cb()
 
@@ -94,6 +96,7 @@ async def connect(
         watch.cancel()
         exc = attempt.exception() if attempt.done() and not attempt.cancelled() else None
         if attempt.done() and exc is None:
+            metrics.bus_up()
             return nc
         if not attempt.done():
             attempt.cancel()
@@ -168,6 +171,9 @@ class RpcServer:
         self._slots.release()
 
     async def _handle(self, msg: Msg) -> None:
+        # A task of its own per request (_on_msg), so the caller's id stays with it.
+        requestid.current.set(requestid.from_bus_headers(msg.headers))
+        started = time.monotonic()
         op = msg.subject.rsplit(".", 1)[-1]
         try:
             decoder = self._decoders.get(op)
@@ -184,6 +190,8 @@ class RpcServer:
             failed = errors.report(log, f"{self._prefix}.{op[:40]}", exc)
             reply = Reply(ok=False, code=failed.code, message=failed.message)
         self.served += 1
+        log.debug("%s.%s %s in %.1f ms", self._prefix, op[:40], "ok" if reply.ok else reply.code,
+                  (time.monotonic() - started) * 1000)
         if msg.reply:
             data = encode(reply)
             # The server's limit, from its INFO (nats' default before it sent one).
@@ -206,7 +214,8 @@ async def call(nc: NATS, subject: str, request: msgspec.Struct, *, timeout: floa
     if not nc.is_connected:
         raise Unavailable("the message bus is unavailable")
     try:
-        msg = await nc.request(subject, encode(request), timeout=timeout)
+        msg = await nc.request(subject, encode(request), timeout=timeout,
+                               headers=requestid.bus_headers())
     except nats.errors.NoRespondersError:
         raise Unavailable("no service is answering; retry later") from None
     except (nats.errors.TimeoutError, TimeoutError):
@@ -230,6 +239,10 @@ class Heartbeat(msgspec.Struct, kw_only=True):
     started: float
     interval: float
     load: dict[str, float] = {}
+    bus: str = ""
+    """The NATS server the process is connected to (``host:port``)."""
+    address: str = ""
+    """An edge's own entry of cam.clusterHosts (its address), else empty."""
 
 
 def heartbeat(
@@ -239,6 +252,8 @@ def heartbeat(
     node: str,
     interval: float,
     load: Callable[[], dict[str, float]],
+    *,
+    address: str = "",
 ) -> Body:
     """The body of a loop that publishes a heartbeat every ``interval`` seconds.
 
@@ -251,8 +266,10 @@ def heartbeat(
     async def beat() -> None:
         if not nc.is_connected:
             return
+        url = nc.connected_url
         hb = Heartbeat(kind=kind, instance=instance, node=node, pid=os.getpid(),
-                       started=started, interval=interval, load=load())
+                       started=started, interval=interval, load=load(),
+                       bus=url.netloc.rpartition("@")[2] if url else "", address=address)
         try:
             await nc.publish(subject, encode(hb))
         except _BEAT_ERRORS as exc:  # the next beat tries again

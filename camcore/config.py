@@ -25,13 +25,15 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from .logs import FORMATS, LEVELS
+
 DEFAULT_HOST_PORT: Final = 443
 """Port of a ``cam.clusterHosts`` entry written without ``:port`` (the spec's HTTPS)."""
 
 BOOT_INI_ENV: Final = "CAM_BOOT_INI"
 """Environment variable naming the boot.ini to read when no path is given."""
 
-OTHER_CAM_ENV: Final = frozenset({BOOT_INI_ENV, "CAM_LOG_LEVEL", "CAM_DEPLOY_DIR",
+OTHER_CAM_ENV: Final = frozenset({BOOT_INI_ENV, "CAM_DEPLOY_DIR",
                                   "CAM_PUBLIC_HOST", "CAM_HTTPS_PORT"})
 """CAM_* variables that are not configuration keys (read by other parts or by compose)."""
 
@@ -349,6 +351,18 @@ def _ice_uris(schemes: tuple[str, ...], expected: str,
     return parse
 
 
+def _log_format(raw: str) -> str:
+    if raw.lower() not in FORMATS:
+        raise _Invalid("'text' (lines for people) or 'json' (one JSON object per line)")
+    return raw.lower()
+
+
+def _log_level(raw: str) -> str:
+    if raw.upper() not in LEVELS:
+        raise _Invalid("one of " + ", ".join(LEVELS))
+    return raw.upper()
+
+
 def _video_overflow(raw: str) -> str:
     if raw not in ("least_loaded", "reject"):
         raise _Invalid("'least_loaded' or 'reject'")
@@ -540,6 +554,8 @@ KEYS: Final[tuple[ConfigKey, ...]] = (
         parse=_text,
         spec=True,
         example="camserver1 is the main server, camserver2 is the standby server.",
+        note="Written as name=text parts separated by ';' (camserver1=the main server;"
+        "camserver2=the standby), the admin console's cluster page shows each node its own.",
     ),
     ConfigKey(
         ini="cam.serverDatePath",
@@ -630,7 +646,8 @@ KEYS: Final[tuple[ConfigKey, ...]] = (
         env="CAM_HTTP_HOST",
         field="http_host",
         default="0.0.0.0",
-        description="Address the HTTP/WebSocket edge listens on.",
+        description="Address the HTTP/WebSocket edge listens on, and every other process's "
+        "metrics listener (cam.metricsPort).",
         parse=_http_host,
     ),
     ConfigKey(
@@ -841,6 +858,17 @@ KEYS: Final[tuple[ConfigKey, ...]] = (
         format=_join(";"),
     ),
     ConfigKey(
+        ini="cam.userPasswordMinLength",
+        env="CAM_USER_PASSWORD_MIN_LENGTH",
+        field="user_password_min_length",
+        default="8",
+        description="The shortest password a user may be given (by the user, an admin or "
+        "camctl); the longest is 1024 characters.",
+        parse=_int_range(8, 1024),
+        note="Checked when a password is set, not at login: raising it does not lock "
+        "anyone out.",
+    ),
+    ConfigKey(
         ini="cam.loginMaxFailures",
         env="CAM_LOGIN_MAX_FAILURES",
         field="login_max_failures",
@@ -918,10 +946,35 @@ KEYS: Final[tuple[ConfigKey, ...]] = (
         field="monitoring_token",
         default="",
         description="Bearer token that may read GET /api/cluster/view without an admin "
-        "session (empty: admins only).",
+        "session, and GET /metrics of every process (empty: the cluster view for admins "
+        "only, and no metrics for anyone).",
         parse=_text,
         format=str,
-        note="Keep it secret like a password; at least 16 characters.",
+        note="Keep it secret like a password; at least 16 characters. Prometheus reads it "
+        "from a file (authorization: credentials_file).",
+    ),
+    ConfigKey(
+        ini="cam.metricsPort",
+        env="CAM_METRICS_PORT",
+        field="metrics_port",
+        default="0",
+        description="Port of the Prometheus GET /metrics listener of a chat, presence, "
+        "files, video, health or backups process, on cam.httpHost (0: none). The edge "
+        "serves /metrics on cam.httpPort instead.",
+        parse=_int_range(0, 65535),
+        note="One port per process: two processes on one host need two values. camctl up "
+        "assigns them (docs/monitoring.md).",
+    ),
+    ConfigKey(
+        ini="cam.probeInterval",
+        env="CAM_PROBE_INTERVAL",
+        field="probe_interval",
+        default="10.0",
+        description="Seconds between an edge's self-probes: a message posted through it "
+        "into the probe room, timed until every edge of cam.clusterHosts delivers it "
+        "(0 turns the probe off).",
+        parse=_float_range(0.0, 3600.0),
+        format=repr,
     ),
     ConfigKey(
         ini="cam.outgoingQueueBytes",
@@ -1208,6 +1261,57 @@ KEYS: Final[tuple[ConfigKey, ...]] = (
         "service warns.",
         parse=_int_range(0, 1 << 40),
     ),
+    ConfigKey(
+        ini="cam.logFormat",
+        env="CAM_LOG_FORMAT",
+        field="log_format",
+        default="text",
+        description="How every process writes its log: 'text', a line for people, or "
+        "'json', one object per line (time, level, logger, message, process, node, pid, "
+        "request_id, exception).",
+        parse=_log_format,
+        note="docs/deployment.md, 'Logs'.",
+    ),
+    ConfigKey(
+        ini="cam.logLevel",
+        env="CAM_LOG_LEVEL",
+        field="log_level",
+        default="INFO",
+        description="The least severe log records written: DEBUG, INFO, WARNING, ERROR or "
+        "CRITICAL.",
+        parse=_log_level,
+        note="DEBUG also logs every WebSocket op an edge handles and every bus request a "
+        "replica serves, each with its request id.",
+    ),
+    ConfigKey(
+        ini="cam.logMaxBytes",
+        env="CAM_LOG_MAX_BYTES",
+        field="log_max_bytes",
+        default="10485760",
+        description="Under camctl up, the size in bytes at which a process's log file is "
+        "rotated (0: never).",
+        parse=_int_range(0, 1 << 40),
+        note="Servers under systemd log to journald, which rotates by its own settings.",
+    ),
+    ConfigKey(
+        ini="cam.logBackups",
+        env="CAM_LOG_BACKUPS",
+        field="log_backups",
+        default="5",
+        description="Under camctl up, the rotated log files kept per process "
+        "(<name>.log.1 is the newest).",
+        parse=_int_range(0, 100),
+    ),
+    ConfigKey(
+        ini="cam.logKeepRuns",
+        env="CAM_LOG_KEEP_RUNS",
+        field="log_keep_runs",
+        default="10",
+        description="camctl up keeps the log folders of this many runs "
+        "(<cam.serverDatePath>/logs/<run>), its own included; it removes older ones as "
+        "it starts.",
+        parse=_int_range(1, 1000),
+    ),
 )
 
 _BY_INI: Final[dict[str, ConfigKey]] = {key.ini: key for key in KEYS}
@@ -1255,6 +1359,7 @@ class Settings:
     turn_secret: str
     turn_credential_ttl: int
     trusted_proxies: tuple[str, ...]
+    user_password_min_length: int
     login_max_failures: int
     login_address_max_failures: int
     login_failure_window: int
@@ -1264,6 +1369,8 @@ class Settings:
     http_keep_alive: int
     http_max_pending_connections: int
     monitoring_token: str
+    metrics_port: int
+    probe_interval: float
     outgoing_queue_bytes: int
     max_connections_per_user: int
     max_connections_per_address: int
@@ -1295,6 +1402,11 @@ class Settings:
     backup_database_url: str
     backup_max_age_hours: int
     backup_max_wal_lag_bytes: int
+    log_format: str
+    log_level: str
+    log_max_bytes: int
+    log_backups: int
+    log_keep_runs: int
     unknown_keys: tuple[str, ...]
     """boot.ini keys and CAM_* environment variables that name no key (warned, ignored)."""
     source: str

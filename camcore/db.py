@@ -7,6 +7,8 @@ from importlib import resources
 
 import asyncpg
 
+from . import metrics
+
 log = logging.getLogger(__name__)
 
 #: Errors that mean "the database cannot be reached right now" (not "the request is bad").
@@ -22,9 +24,11 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 _MIGRATION_LOCK = 0x63616D00
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    """A pool whose connections give up quickly, so an outage fails fast."""
-    return await asyncpg.create_pool(
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
+                      name: str = "main") -> asyncpg.Pool:
+    """A pool whose connections give up quickly, so an outage fails fast; its use is in
+    ``cam_db_pool_*{pool=name}`` (``camcore.metrics``)."""
+    pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
@@ -35,6 +39,7 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
         # tables), so the reset round trip on every release is pure cost.
         reset=_no_reset,
     )
+    return metrics.watch_pool(pool, name)
 
 
 async def _no_reset(conn: asyncpg.Connection) -> None:

@@ -33,6 +33,7 @@ UNSUPPORTED_VERSION: Final = "unsupported_version"
 MESSAGE_TOO_LARGE: Final = "message_too_large"
 UNAUTHENTICATED: Final = "unauthenticated"
 BAD_CREDENTIALS: Final = "bad_credentials"
+ACCOUNT_DEACTIVATED: Final = "account_deactivated"
 ALREADY_AUTHENTICATED: Final = "already_authenticated"
 NOT_A_MEMBER: Final = "not_a_member"
 NO_SUCH_USER: Final = "no_such_user"
@@ -75,6 +76,8 @@ CODES: Final[dict[str, Code]] = {
     UNAUTHENTICATED: Code(401, "the op needs an authenticated connection, or the session is "
                                "invalid"),
     BAD_CREDENTIALS: Code(401, "wrong user name or password"),
+    ACCOUNT_DEACTIVATED: Code(403, "the password is right but an administrator deactivated "
+                                   "the account"),
     ALREADY_AUTHENTICATED: Code(400, "the connection is already authenticated"),
     NOT_A_MEMBER: Code(400, "the room does not exist or the user is not a member of it"),
     NO_SUCH_USER: Code(400, "a named user does not exist"),

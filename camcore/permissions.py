@@ -11,8 +11,9 @@ has no business sending a subject is refused by the server itself, whatever it t
 - files replicas publish nothing but their heartbeats;
 - backups replicas publish their heartbeats (with the backup age and the WAL archive
   lag) and listen to nothing;
-- edges make the requests they need (chat, presence, files and video, but no
-  ``cam.video.rpc.admin``) and publish only what they own: typing, ``session_revoked``,
+- edges make the requests they need (chat, presence, files and video, but neither
+  ``cam.video.rpc.admin`` nor ``cam.chat.rpc.operator.*``, the operator's moderation
+  subjects, which carry no user to check) and publish only what they own: typing, ``session_revoked``,
   conference signalling and their heartbeats;
 - services answer requests they received (``allow_responses``) and nothing else;
 - the ``operator`` credential (``camctl``, readiness probes) may do everything,
@@ -55,14 +56,15 @@ def inbox_prefix(kind: str) -> str:
 PERMISSIONS: Final[dict[str, Permission]] = {
     "edge": Permission(
         publish=(f"{s.CHAT_RPC}.*", f"{s.PRESENCE_RPC}.*", f"{s.FILES_RPC}.*",
-                 *(f"{s.VIDEO_RPC}.{op}" for op in ("join", "leave", "participants", "explain")),
+                 *(f"{s.VIDEO_RPC}.{op}"
+                   for op in ("join", "leave", "participants", "explain", "admin_as")),
                  s.HEALTH_CLUSTER, "cam.room.*.typing", "cam.user.*.session", "cam.conf.*.signal",
                  "cam.hb.edge.*"),
         subscribe=("cam.room.*.*", "cam.user.*.*", "cam.presence.user.*", "cam.conf.*.*",
                    _inbox("edge"))),
     "chat": Permission(
         publish=("cam.room.*.ev", "cam.user.*.ev", "cam.hb.chat.*"),
-        subscribe=(s.CHAT_RPC_ALL, _inbox("chat")), responds=True),
+        subscribe=(s.CHAT_RPC_ALL, s.CHAT_OPERATOR_ALL, _inbox("chat")), responds=True),
     "files": Permission(
         publish=("cam.hb.files.*",),
         subscribe=(f"{s.FILES_RPC}.*", _inbox("files")), responds=True),

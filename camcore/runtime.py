@@ -4,22 +4,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from . import logs
 from .config import ConfigError, Settings, load_settings, require_database_url
 
 
-def setup_logging(name: str) -> None:
-    logging.basicConfig(
-        level=os.environ.get("CAM_LOG_LEVEL", "INFO").upper(),
-        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(name: str, settings: Settings | None = None) -> None:
+    """Log to stderr in cam.logFormat at cam.logLevel.
+
+    Called once before the settings are read (from their CAM_* variables, so that what
+    loading them warns about comes out alike; a bad value counts as the default, and
+    loading then stops with its config error) and once after, with them.
+    """
+    if settings is not None:
+        logs.configure(name, fmt=settings.log_format, level=settings.log_level,
+                       node=settings.node_name)
+        return
+    fmt = os.environ.get("CAM_LOG_FORMAT", "").strip().lower()
+    level = os.environ.get("CAM_LOG_LEVEL", "").strip().upper()
+    logs.configure(name, fmt=fmt if fmt in logs.FORMATS else "text",
+                   level=level if level in logs.LEVELS else "INFO",
+                   node=os.environ.get("CAM_NODE_NAME", "").strip())
 
 
 def load_or_exit(config: str | None, *, needs_database: str = "") -> Settings:
@@ -43,6 +53,7 @@ def service_main(name: str, serve: Callable[[Settings], Coroutine[Any, Any, None
     args = parser.parse_args()
     setup_logging(name)
     settings = load_or_exit(args.config, needs_database=f"the {name} service" if needs_database else "")
+    setup_logging(name, settings)
     try:
         import uvloop
     except ImportError:

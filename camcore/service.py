@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import asyncpg
 from nats.aio.client import Client as NATS
 
-from . import bus, db
+from . import bus, db, metrics
 from .config import Settings, require_database_url
 from .loops import Body, Loops
 from .runtime import wait_for_stop_signal
@@ -72,15 +72,22 @@ def instance_name(settings: Settings) -> str:
 async def serve_replica(settings: Settings, kind: str, prefix: str, queue: str,
                         build: Callable[[asyncpg.Pool, NATS], Replica], *,
                         pool_size: int = 10) -> None:
-    """Run one replica of a bus service until SIGTERM or SIGINT."""
+    """Run one replica of a bus service until SIGTERM or SIGINT, with its metrics
+    (``camcore.metrics``: its bus connection, its pool, every op it serves)."""
     require_database_url(settings, f"the {kind} service")
+    async with metrics.serving(settings, kind):
+        await _serve(settings, kind, prefix, queue, build, pool_size)
+
+
+async def _serve(settings: Settings, kind: str, prefix: str, queue: str,
+                 build: Callable[[asyncpg.Pool, NATS], Replica], pool_size: int) -> None:
     instance = instance_name(settings)
     pool = await db.create_pool(settings.database_url, max_size=pool_size)
     nc = await bus.connect(settings.nats_urls, f"{kind}:{instance}",
                            credentials=settings.nats_credentials or None)
     replica = build(pool, nc)
     await replica.start()
-    rpc = bus.RpcServer(nc, prefix, queue, replica.handlers())
+    rpc = bus.RpcServer(nc, prefix, queue, metrics.timed_handlers(kind, replica.handlers()))
     await rpc.start()
     log.info("%s replica %s serving %s.*", kind, instance, prefix)
     try:

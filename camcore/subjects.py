@@ -33,6 +33,12 @@ CHAT_RPC: Final = f"{PREFIX}.chat.rpc"
 CHAT_RPC_ALL: Final = f"{CHAT_RPC}.*"
 """Wildcard the chat service subscribes to, in queue group ``chat``."""
 
+CHAT_OPERATOR: Final = f"{CHAT_RPC}.operator"
+"""Prefix of the operator's moderation ops: ``cam.chat.rpc.operator.<op>`` (camctl;
+``cam.chat.rpc.*`` does not match them, so edges cannot publish them)."""
+
+CHAT_OPERATOR_ALL: Final = f"{CHAT_OPERATOR}.*"
+
 FILES_RPC: Final = f"{PREFIX}.files.rpc"
 """Prefix of files request/reply subjects: ``cam.files.rpc.<op>`` (served by files)."""
 
@@ -77,6 +83,11 @@ def files_rpc(op: str) -> str:
 def chat_rpc(op: str) -> str:
     """``cam.chat.rpc.<op>``: a chat command, served by one chat replica."""
     return f"{CHAT_RPC}.{_token(op)}"
+
+
+def chat_operator(op: str) -> str:
+    """``cam.chat.rpc.operator.<op>``: an operator's moderation op (camctl)."""
+    return f"{CHAT_OPERATOR}.{_token(op)}"
 
 
 def room_events(room_id: int) -> str:

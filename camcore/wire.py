@@ -399,6 +399,23 @@ class AdminDeleteMessage(ChatRequest):
     seq: Annotated[int, msgspec.Meta(ge=1, le=2**62)]
 
 
+class OperatorRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Base of ``cam.chat.rpc.operator.<op>``: the moderation ops of ``camctl``. Only the
+    operator credential may publish that subject (``camcore.permissions``), so there is
+    no user to check; ``os_user`` is who ran camctl, for the audit log."""
+
+    os_user: Annotated[str, msgspec.Meta(max_length=64)] = ""
+
+
+class OperatorRemoveMember(OperatorRequest):
+    room: RoomId
+    user: UserName
+
+
+class OperatorDeleteRoom(OperatorRequest):
+    room: RoomId
+
+
 class ConfLinkCreate(ChatRequest):
     """Meeting links: the chat service checks membership, and for a revocation the
     link's creator, the room's creator or ``users.is_admin``."""
@@ -545,10 +562,21 @@ class ConfExplain(ConfRequest):
 
 
 class VideoAdmin(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Operator commands: drain or enable a video server, or read the status of all."""
+    """Operator commands (``cam.video.rpc.admin``, the operator credential only): drain
+    or enable a video server, or read the status of all."""
 
     action: Literal["drain", "enable", "status"]
     server: str | None = None
+    os_user: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    """Who ran camctl, for the audit log."""
+
+
+class VideoAdminAs(VideoAdmin, kw_only=True):
+    """The same for an admin of the web app (``cam.video.rpc.admin_as``, from edges):
+    the allocator reads ``users.is_admin`` of ``user_id`` itself, and audits the change
+    under that user."""
+
+    user_id: int
 
 
 DIGEST_MOD: Final = 2**62

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
 import os
 import secrets
@@ -12,53 +11,23 @@ import signal
 import sys
 import time
 import xmlrpc.client
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from camcore import accounts, audit, bus, db, subjects, wire
-from camcore.config import ConfigError, Settings, load_settings, settings_env
+from camcore.config import Settings, settings_env
 from camcore.errors import CamError
 
-from . import backups, cluster, lb, rig
-from .supervisor import rpc, tree
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    try:
-        return load_settings(args.config)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def _data_root(settings: Settings) -> Path:
-    return Path(settings.server_date_path).expanduser().resolve()
-
-
-def _state(settings: Settings) -> dict[str, Any]:
-    path = _data_root(settings) / "run" / cluster.STATE_FILE
-    try:
-        state: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        return state
-    except (OSError, ValueError):
-        return {}
-
-
-def _operator_credentials(settings: Settings) -> str | None:
-    """The operator's bus credentials: cam.natsCredentials, else the running cluster's."""
-    return (settings.nats_credentials
-            or str(_state(settings).get("nats_operator_credentials") or "") or None)
-
-
-def _database_url(settings: Settings) -> str:
-    url = settings.database_url or str(_state(settings).get("database_url", ""))
-    if not url:
-        raise SystemExit("no database: set cam.databaseUrl, or start the cluster with 'camctl up'")
-    return url
-
+from . import admin, backups, cluster, lb, rig, runlogs
+from .common import bus_urls as _bus_urls
+from .common import data_root as _data_root
+from .common import database_url as _database_url
+from .common import operator_credentials as _operator_credentials
+from .common import settings_of as _settings
+from .common import state_of as _state
+from .supervisor import LogRotation, rpc, tree
 
 # ------------------------------------------------------------------ up
 
@@ -72,17 +41,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"a cluster is already running from {root} (camctl pid {running}); "
               "'camctl status' shows it, 'camctl down' stops it", file=sys.stderr)
         return 1
-    run_id = time.strftime("%Y%m%d-%H%M%S")
-    logdir = root / "logs" / run_id
-    logdir.mkdir(parents=True, exist_ok=True)
-    latest = root / "logs" / "latest"
-    latest.unlink(missing_ok=True)
-    latest.symlink_to(run_id)
+    run_id = runlogs.new_run_id()
+    logdir, pruned = runlogs.start_run(root / "logs", run_id, settings.log_keep_runs)
     for marker in (root / "run").glob("*.down"):
         marker.unlink()
     c = cluster.LocalCluster(root, hosts=args.nodes, supervised=True, fixed_ports=True,
                              database_url=settings.database_url, data_path=root,
-                             env=settings_env(settings), logdir=logdir)
+                             env=settings_env(settings), logdir=logdir,
+                             log_rotation=LogRotation(settings.log_max_bytes, settings.log_backups))
     c.run_id = run_id
     stopping = False
 
@@ -94,12 +60,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         print(f"data root: {root}")
+        if pruned:
+            print(f"logs: removed the {len(pruned)} oldest run folders "
+                  f"(cam.logKeepRuns={settings.log_keep_runs})")
         names = [h.name for h in c.hosts]
         print("hosts: " + ", ".join(f"{h.name} {h.address}" for h in c.hosts))
         domains = _video_domains(args, settings, names)
         edge_env: dict[str, str] = {}
         if not settings.monitoring_token:
-            edge_env["CAM_MONITORING_TOKEN"] = _monitoring_token(root)
+            # Every process's /metrics and the edges' cluster view take it.
+            c.extra_env["CAM_MONITORING_TOKEN"] = _monitoring_token(root)
         plan = None if args.no_lb else lb.LocalPlan(args.lb, args.lb_port, root / "lb")
         if plan:
             edge_env.update(plan.edge_env(settings.trusted_proxies, settings.server_url_domain))
@@ -231,113 +201,6 @@ async def _ensure_admin(database_url: str, root: Path) -> str:
 # ------------------------------------------------------------------ users, migrate, sub
 
 
-def cmd_user_add(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    password = args.password or getpass.getpass(f"password for {args.name}: ")
-
-    async def run() -> accounts.User:
-        pool = await db.create_pool(_database_url(settings), max_size=2)
-        try:
-            return await accounts.create_user(pool, args.name, password,
-                                              display_name=args.display_name, is_admin=args.admin)
-        finally:
-            await pool.close()
-
-    try:
-        user = asyncio.run(run())
-    except CamError as exc:
-        print(f"camctl user add: {exc.message}", file=sys.stderr)
-        return 1
-    print(f"created user {user.username} (id {user.id})")
-    return 0
-
-
-def cmd_user_list(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-
-    async def run() -> list[accounts.User]:
-        pool = await db.create_pool(_database_url(settings), max_size=2)
-        try:
-            return await accounts.list_users(pool)
-        finally:
-            await pool.close()
-
-    for u in asyncio.run(run()):
-        role = "admin" if u.is_admin else "user"
-        print(f"{u.id}\t{u.username}\t{role}\t{u.display_name}")
-    return 0
-
-
-async def _close_revoked(settings: Settings, user_id: int, fingerprints: list[str]) -> str:
-    """Tell every edge to close the sockets of these revoked sessions; what happened."""
-    if not fingerprints:
-        return ""
-    try:
-        nc = await bus.connect(_bus_urls(settings), "camctl-user", connect_deadline=5,
-                               credentials=_operator_credentials(settings))
-    except CamError as exc:
-        return (f"; the bus is unreachable ({exc.message}): their sockets close within "
-                f"cam.sessionRecheckInterval ({settings.session_recheck_interval:g} s)")
-    try:
-        for fingerprint in fingerprints:
-            await nc.publish(subjects.user_session(user_id), wire.encode(
-                {"type": "session_revoked", "token_hash": fingerprint}))
-        await nc.flush(timeout=5)
-    finally:
-        await nc.close()
-    return "; their sockets are closed on every node"
-
-
-def _user_command(args: argparse.Namespace, what: str,
-                  change: Callable[[Any, accounts.User], Awaitable[list[str]]]) -> int:
-    """Run ``change`` on the named user; it returns the sessions it revoked."""
-    settings = _settings(args)
-
-    async def run() -> str:
-        pool = await db.create_pool(_database_url(settings), max_size=2)
-        try:
-            user = await accounts.user_by_name(pool, args.name)
-            if user is None:
-                raise CamError(f"no user {args.name!r}", "no_such_user")
-            revoked = await change(pool, user)
-        finally:
-            await pool.close()
-        closed = await _close_revoked(settings, user.id, revoked)
-        return f"{what} {user.username}: {len(revoked)} sessions revoked{closed}"
-
-    try:
-        print(asyncio.run(run()))
-    except CamError as exc:
-        print(f"camctl user {args.user_cmd}: {exc.message}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def cmd_user_passwd(args: argparse.Namespace) -> int:
-    """Set a user's password; every session of theirs is revoked."""
-    password = args.password or getpass.getpass(f"new password for {args.name}: ")
-
-    async def change(pool: Any, user: accounts.User) -> list[str]:
-        revoked = await accounts.set_password(pool, user.id, password)
-        await audit.record(pool, None, "reset_password", user=user.id,
-                           detail={"sessions": len(revoked)})
-        return revoked
-
-    return _user_command(args, "new password for", change)
-
-
-def cmd_user_revoke(args: argparse.Namespace) -> int:
-    """Log a user out everywhere: every session revoked, every socket closed."""
-
-    async def change(pool: Any, user: accounts.User) -> list[str]:
-        revoked = await accounts.revoke_user_sessions(pool, user.id)
-        await audit.record(pool, None, "revoke_sessions", user=user.id,
-                           detail={"sessions": len(revoked)})
-        return revoked
-
-    return _user_command(args, "logged out", change)
-
-
 def cmd_migrate(args: argparse.Namespace) -> int:
     applied = asyncio.run(db.migrate(_database_url(_settings(args))))
     print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
@@ -435,14 +298,6 @@ def cmd_sub(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bus_urls(settings: Settings) -> list[str]:
-    """The running local cluster's NATS servers, else those of the config."""
-    state_urls = _state(settings).get("nats_urls")
-    if isinstance(state_urls, list) and state_urls:
-        return [str(u) for u in state_urls]
-    return list(settings.nats_urls)
-
-
 def cmd_video(args: argparse.Namespace) -> int:
     """Operator view of the video servers: status, drain, enable, explain a placement."""
     settings = _settings(args)
@@ -460,7 +315,8 @@ def cmd_video(args: argparse.Namespace) -> int:
             if args.action in ("drain", "enable") and not args.target:
                 raise CamError(f"{args.action} needs a video server name", "bad_request")
             return await bus.call(nc, subjects.video_rpc("admin"),
-                                  wire.VideoAdmin(action=args.action, server=args.target))
+                                  wire.VideoAdmin(action=args.action, server=args.target,
+                                                  os_user=audit.os_user()))
         finally:
             await nc.close()
 
@@ -525,7 +381,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         host_infos = infos.get(p["host"])
         info = host_infos.get(p["program"]) if host_infos else None
         address = state["hosts"][p["host"]]["address"]
-        ports = " ".join(f"{k}={address}:{v}" if k in ("http", "client", "https", "postgres")
+        ports = " ".join(f"{k}={address}:{v}" if k in ("http", "client", "https", "postgres",
+                                                        "metrics")
                          else f"{k}={v}" for k, v in p["ports"].items())
         if info is None:
             rows.append((name, p["host"], "HOST DOWN", "-", "-", str(restarts.get(name, 0)), ports))
@@ -538,6 +395,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
     if state.get("load_balancer"):
         print(f"load balancer: {state['load_balancer']}")
+    if state.get("metrics"):
+        print(f"metrics: GET /metrics of {len(state['metrics']['targets'])} processes (the "
+              "edges' on http), bearer cam.monitoringToken; Prometheus targets: "
+              f"{state['metrics']['targets_file']}")
     report = backups.backup.status(backups.with_cluster(settings, state))
     age = report["last_backup_age"]
     lag = report["wal_lag_bytes"]
@@ -589,16 +450,12 @@ def cmd_logs(args: argparse.Namespace) -> int:
     name = _find(state, args.name)
     path = Path(state["processes"][name]["log"])
     try:
-        with path.open("rb") as f:
-            lines = f.read().decode("utf-8", "replace").splitlines()[-args.lines:]
-            print("\n".join(lines), flush=True)
-            while args.follow:
-                chunk = f.read()
-                if chunk:
-                    sys.stdout.write(chunk.decode("utf-8", "replace"))
+        with runlogs.RotatedLog(path) as log:
+            print("\n".join(log.tail(args.lines)), flush=True)
+            if args.follow:
+                for chunk in log.follow():
+                    sys.stdout.write(chunk)
                     sys.stdout.flush()
-                else:
-                    time.sleep(0.3)
     except KeyboardInterrupt:
         pass
     except OSError as exc:
@@ -706,20 +563,8 @@ def main(argv: list[str] | None = None) -> int:
     sh.set_defaults(func=cmd_start_host)
 
     user = sub.add_parser("user", help="manage users").add_subparsers(dest="user_cmd", required=True)
-    add = user.add_parser("add", help="create a user")
-    add.add_argument("name")
-    add.add_argument("--password", help="password (default: prompt)")
-    add.add_argument("--display-name")
-    add.add_argument("--admin", action="store_true")
-    add.set_defaults(func=cmd_user_add)
-    user.add_parser("list", help="list users").set_defaults(func=cmd_user_list)
-    pw = user.add_parser("passwd", help="set a user's password (revokes all their sessions)")
-    pw.add_argument("name")
-    pw.add_argument("--password", help="new password (default: prompt)")
-    pw.set_defaults(func=cmd_user_passwd)
-    rv = user.add_parser("revoke", help="log a user out everywhere (revoke all sessions)")
-    rv.add_argument("name")
-    rv.set_defaults(func=cmd_user_revoke)
+    admin.add_user_parsers(user)
+    admin.add_parsers(sub)
 
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
 

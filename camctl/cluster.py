@@ -33,7 +33,7 @@ from camcore import bus, permissions, subjects, wire
 from camcore.errors import CamError
 
 from . import lb, rig
-from .supervisor import HostSupervisor, Program, SupervisedProc, wait_running
+from .supervisor import HostSupervisor, LogRotation, Program, SupervisedProc, wait_running
 
 HOST_NETWORK = "127.0.1."
 """camserverN listens on 127.0.1.N: every host its own address, as real servers have."""
@@ -42,6 +42,8 @@ LB_ADDRESS = "127.0.0.1"
 LB_SOURCE_ADDRESS = lb.SOURCE_ADDRESS
 """... and connects to the edges from here, the one address they trust for X-Forwarded-*."""
 STATE_FILE = "cluster.json"
+TARGETS_FILE = "prometheus-targets.json"
+"""Beside the state file: every process's /metrics, as a Prometheus file_sd list."""
 DEMOTED_MARKER = "postgres-primary.demoted"
 """Written by ``camctl db promote``: the old primary stays stopped."""
 DEFAULT_PORTS = {"edge": 8080, "nats": 4222, "route": 6222, "postgres": 5432, "janus": 8088}
@@ -67,7 +69,7 @@ class LocalCluster:
                  database_url: str = "", data_path: Path | None = None,
                  env: Mapping[str, str] | None = None, logdir: Path | None = None,
                  own_addresses: bool = True, start_retries: int = 5,
-                 bus_auth: bool = True) -> None:
+                 bus_auth: bool = True, log_rotation: LogRotation | None = None) -> None:
         self.root = root.resolve()
         # own_addresses=False puts every host on 127.0.0.1 (ports still per process).
         self.hosts = [Host.numbered(i, own_addresses) for i in range(hosts)]
@@ -77,6 +79,7 @@ class LocalCluster:
         self.data_path = data_path or self.root / "data"
         self.supervised, self.autorestart, self.fixed_ports = supervised, autorestart, fixed_ports
         self.start_retries = start_retries
+        self.log_rotation = log_rotation
         self.bus_auth = bus_auth
         self.credentials: dict[str, permissions.Credential] = {}
         self.database_url = database_url
@@ -117,7 +120,7 @@ class LocalCluster:
         sup = self.supervisors.get(host.name)
         if sup is None:
             sup = HostSupervisor(host.name, self.rundir, self.logdir, autorestart=self.autorestart,
-                                 start_retries=self.start_retries)
+                                 start_retries=self.start_retries, rotation=self.log_rotation)
             self.supervisors[host.name] = sup.start()
         return sup
 
@@ -308,10 +311,16 @@ class LocalCluster:
         return {"CAM_TURN_SERVERS": ";".join(self.turn.urls), "CAM_TURN_SECRET": self.turn.secret}
 
     def start_service(self, kind: str, name: str, host: Host | int = 0, **extra: str) -> rig.Handle:
+        """A bus service process, with a metrics listener of its own on its host's
+        address (cam.metricsPort; the edges serve /metrics on their HTTP port)."""
         h = host if isinstance(host, Host) else self.host(host)
         extra.setdefault("CAM_NATS_CREDENTIALS", self.credential(kind))
+        extra.setdefault("CAM_HTTP_HOST", h.address)
+        extra.setdefault("CAM_METRICS_PORT", str(self.ports.get(name, {}).get("metrics")
+                                                 or self.port(h, "metrics")))
         proc = rig.service(kind, name, self.env(h, **extra), self.logdir, spawn=self.spawner(h))
-        self._track(name, h, proc.start(), {})
+        metrics_port = int(extra["CAM_METRICS_PORT"])
+        self._track(name, h, proc.start(), {"metrics": metrics_port} if metrics_port else {})
         return proc
 
     def start_backups(self, host: Host | int = 0, name: str = "", **extra: str) -> rig.Handle:
@@ -568,10 +577,38 @@ class LocalCluster:
             "processes": {n: {"host": self.host_of[n], "ports": self.ports.get(n, {}),
                               "log": str(p.log_path), "program": p.name}
                           for n, p in self.procs.items()},
+            # GET /metrics of each process, for the monitoring token (docs/monitoring.md).
+            "metrics": {"targets_file": str(self.rundir / TARGETS_FILE),
+                        "targets": [{**t["labels"], "url": f"http://{t['targets'][0]}/metrics"}
+                                    for t in self.metrics_targets()]},
         }
 
+    def metrics_targets(self) -> list[dict[str, Any]]:
+        """Every process's ``/metrics`` (the edges' on their HTTP port) as Prometheus
+        file_sd entries, labelled with its ``component`` (its kind), ``host`` and
+        ``process`` name: target labels that no metric of ours has (``kind`` and ``node``
+        are labels of metrics)."""
+        out = []
+        for name, ports in self.ports.items():
+            port = ports.get("metrics") or (self.edge_ports.get(name) if name in self.edge_ports
+                                            else None)
+            if not port:
+                continue
+            host = self.host(self.host_of[name])
+            kind = "edge" if name in self.edge_ports else name.split("/")[-1].rstrip("0123456789")
+            address = f"[{host.address}]" if ":" in host.address else host.address
+            out.append({"targets": [f"{address}:{port}"],
+                        "labels": {"component": kind, "host": host.name, "process": name}})
+        return out
+
     def write_state(self) -> Path:
+        """The state file, and beside it the metrics targets (file_sd JSON, no secret)."""
         self.rundir.mkdir(parents=True, exist_ok=True)
+        targets = self.rundir / TARGETS_FILE
+        tmp_targets = targets.with_suffix(".tmp")
+        tmp_targets.write_text(json.dumps(self.metrics_targets(), indent=2) + "\n",
+                               encoding="utf-8")
+        tmp_targets.replace(targets)
         path = self.rundir / STATE_FILE
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.state(), indent=2) + "\n", encoding="utf-8")

@@ -3,8 +3,9 @@
 A real CAMServer host runs its processes under systemd (``deploy/systemd/``); a local
 host of ``camctl up`` runs them under supervisord (PyPI ``supervisor``), which restarts
 a dead program, backs off a program that keeps failing to start and finally marks it
-FATAL, keeps one rotated log per program, and answers ``camctl status``, ``restart``
-and ``logs`` from any terminal over a unix socket (mode 0700).
+FATAL, keeps one rotated log per program (:class:`LogRotation`), and answers
+``camctl status``, ``restart`` and ``logs`` from any terminal over a unix socket (mode
+0700).
 
 Every program is started through :mod:`camctl.child`, so it dies with its supervisor;
 the supervisor is started the same way, so it dies with ``camctl up``. Killing a host
@@ -53,6 +54,15 @@ class Program:
     ports: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class LogRotation:
+    """How supervisord rotates each program's log (``cam.logMaxBytes``, ``cam.logBackups``):
+    at ``max_bytes`` (0: never), keeping ``backups`` old files, ``<log>.1`` the newest."""
+
+    max_bytes: int = 10 * 1024 * 1024
+    backups: int = 5
+
+
 def _ini_value(value: object) -> str:
     return str(value).replace("%", "%%")  # supervisord expands %(name)s
 
@@ -95,8 +105,9 @@ class HostSupervisor:
     """supervisord for one host, with its programs declared up front or added later."""
 
     def __init__(self, host: str, rundir: Path, logdir: Path, *, autorestart: bool = True,
-                 start_retries: int = 5) -> None:
+                 start_retries: int = 5, rotation: LogRotation | None = None) -> None:
         self.host = host
+        self.rotation = rotation or LogRotation()
         self.rundir = rundir / host
         self.logdir = logdir
         self.autorestart = autorestart
@@ -122,6 +133,8 @@ class HostSupervisor:
             "[supervisord]", "nodaemon=true", f"identifier={self.host}",
             f"logfile={_ini_value(self.logdir / f'{self.host}-supervisord.log')}",
             "logfile_maxbytes=5MB", "logfile_backups=2",
+            # Its own log only to that file: stdout (<host>-supervisord.out) is not rotated.
+            "silent=true",
             f"pidfile={_ini_value(self.rundir / 'supervisord.pid')}",
             f"childlogdir={_ini_value(self.logdir)}", "minfds=1024", "minprocs=200", "",
             "[rpcinterface:supervisor]",
@@ -147,7 +160,8 @@ class HostSupervisor:
                 f"stopsignal={prog.stop_signal}", f"stopwaitsecs={int(prog.stop_wait)}",
                 "killasgroup=true", "redirect_stderr=true",
                 f"stdout_logfile={_ini_value(prog.log)}",
-                "stdout_logfile_maxbytes=20MB", "stdout_logfile_backups=3", "",
+                f"stdout_logfile_maxbytes={self.rotation.max_bytes}",
+                f"stdout_logfile_backups={self.rotation.backups}", "",
             ]
         self.conf.write_text("\n".join(lines), encoding="utf-8")
 

@@ -58,6 +58,9 @@ TEST_ENV = {
     "CAM_SESSION_RECHECK_INTERVAL": "1",
     # Fault drills send bursts faster than a person types; the limit has its own tests.
     "CAM_REQUEST_RATE_LIMIT": "5000",
+    # The self-probe has its own tests (test_metrics.py); elsewhere its connections would
+    # count against the limits and presence the tests check.
+    "CAM_PROBE_INTERVAL": "0",
 }
 """Short timers so that faults show within a test's patience."""
 

@@ -147,6 +147,12 @@ def test_a_wrong_password_is_refused_and_the_right_one_accepted(bus: Cluster):
      "cam.hb.backups.b1"),
     ("backups", subjects.files_rpc("lookup"), {"id": "x"}, "cam.hb.backups.b1"),
     ("backups", subjects.video_rpc("admin"), {"action": "drain"}, "cam.hb.backups.b1"),
+    # The operator's moderation carries no user to check: no edge may send it.
+    ("edge", subjects.chat_operator("delete_room"), {"room": 7}, subjects.chat_rpc("send")),
+    ("edge", subjects.chat_operator("remove_member"), {"room": 7, "user": "bob"},
+     subjects.chat_rpc("send")),
+    ("files", subjects.video_rpc("admin_as"), {"action": "drain", "user_id": 1},
+     "cam.hb.files.f1"),
 ])
 async def test_a_forged_publish_is_refused_by_the_server(
         bus: Cluster, watcher: tuple[NATS, list[tuple[str, bytes]]], kind: str, subject: str,

@@ -26,6 +26,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import socket
 import ssl
 import subprocess
@@ -906,3 +907,153 @@ def test_the_database_init_script_makes_an_application_role_that_is_no_superuser
         asyncio.run(check())
     finally:
         server.stop()
+
+
+# ------------------------------------------------------------------ the monitoring profile
+
+MONITORING_ENV = {"CAM_MONITORING_TOKEN": "compose-monitoring-token-0123456789",
+                  "GRAFANA_ADMIN_PASSWORD": "compose-grafana-password"}
+MONITORING = ("prometheus", "grafana")
+
+
+@pytest.fixture(scope="module")
+def monitored(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The compose file resolved with ``--profile monitoring``."""
+    tmp = tmp_path_factory.mktemp("compose-monitoring")
+    r = docker_compose("--profile", "monitoring", "config", "--format", "json",
+                       env=MONITORING_ENV, tmp=tmp)
+    assert r.returncode == 0, r.stderr
+    return dict(json.loads(r.stdout))
+
+
+def _mount(service: dict[str, Any], target: str) -> Path:
+    return Path(next(v["source"] for v in service["volumes"] if v["target"] == target))
+
+
+def _entrypoint(service: dict[str, Any]) -> str:
+    """The shell script a monitoring container runs (entrypoint ``/bin/sh -c``)."""
+    assert service["entrypoint"] == ["/bin/sh", "-c"]
+    return str(service["command"][0])
+
+
+def _metrics_urls(monitored: dict[str, Any]) -> dict[str, str]:
+    """Every long-running cam container -> the host:port its /metrics is on."""
+    out = {}
+    for name, service in cam_services(monitored).items():
+        if service["command"][0] not in KIND_OF or service["command"][0] == "camctl":
+            continue
+        settings = settings_of(service)
+        out[name] = f"{name}:{settings.http_port if name in EDGES else settings.metrics_port}"
+    return out
+
+
+def test_the_monitoring_profile_adds_prometheus_and_grafana_only_when_asked(
+        model: dict[str, Any], monitored: dict[str, Any]) -> None:
+    assert not set(MONITORING) & set(model["services"])
+    services = monitored["services"]
+    assert set(services) == set(model["services"]) | set(MONITORING)
+    for name in MONITORING:
+        assert services[name]["profiles"] == ["monitoring"], name
+        assert services[name]["healthcheck"]["test"][:2] == ["CMD", "wget"], name
+        assert "container_name" not in services[name]
+    # Prometheus publishes nothing; Grafana only on the host's loopback.
+    assert "ports" not in services["prometheus"]
+    (port,) = services["grafana"]["ports"]
+    assert (port["host_ip"], port["target"], str(port["published"])) == ("127.0.0.1", 3000, "3000")
+    # No other service publishes anything more with the profile.
+    for name, service in model["services"].items():
+        assert services[name].get("ports") == service.get("ports"), name
+
+
+def test_prometheus_scrapes_every_process_with_the_monitoring_token(
+        monitored: dict[str, Any], tmp_path: Path) -> None:
+    import yaml
+
+    services = monitored["services"]
+    prometheus = services["prometheus"]
+    config_path = _mount(prometheus, "/etc/prometheus/cam.yml")
+    assert config_path == ROOT / "deploy" / "prometheus" / "prometheus.yml"
+    script = _entrypoint(prometheus)
+    assert "--config.file=/etc/prometheus/cam.yml" in script
+    token_file = re.search(r'> (/\S+)\n', script)
+    assert token_file is not None
+    config = yaml.safe_load(config_path.read_text())
+    scraped: dict[str, str] = {}
+    for job in config["scrape_configs"]:
+        # Every scrape carries the token the entrypoint writes, from the variable every
+        # cam container reads as cam.monitoringToken.
+        assert job["authorization"] == {"credentials_file": token_file.group(1)}, job["job_name"]
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                scraped[target.partition(":")[0]] = target
+        for dns in job.get("dns_sd_configs", []):
+            for name in dns["names"]:
+                scraped[name] = f"{name}:{dns['port']}"
+    assert scraped == _metrics_urls(monitored)
+    assert set(_metrics_urls(monitored)) == {*SCALABLE, *EDGES}
+    assert prometheus["environment"]["CAM_MONITORING_TOKEN"] == MONITORING_ENV["CAM_MONITORING_TOKEN"]
+    for name in scraped:
+        assert services[name]["environment"]["CAM_MONITORING_TOKEN"] == \
+            MONITORING_ENV["CAM_MONITORING_TOKEN"], name
+
+    # The entrypoint, run as the file writes it (up to the exec): it refuses to start
+    # without a token, and writes the token alone, mode 0600.
+    token = tmp_path / "token"
+    dry = script.replace(token_file.group(1), str(token)).replace("exec /bin/prometheus", "exit 0; :")
+    dry = dry.replace("$$", "$")
+    refused = subprocess.run(["/bin/sh", "-c", dry], env={"PATH": "/usr/bin:/bin"},
+                             capture_output=True, text=True, timeout=10)
+    assert refused.returncode == 1 and "set CAM_MONITORING_TOKEN" in refused.stderr
+    assert not token.exists()
+    ran = subprocess.run(["/bin/sh", "-c", dry], capture_output=True, text=True, timeout=10,
+                         env={"PATH": "/usr/bin:/bin", **MONITORING_ENV})
+    assert ran.returncode == 0, ran.stderr
+    assert token.read_text() == MONITORING_ENV["CAM_MONITORING_TOKEN"]
+    assert token.stat().st_mode & 0o777 == 0o600
+
+    # Prometheus's own checker accepts the file (with the token where it points).
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian package prometheus)")
+    local = tmp_path / "prometheus.yml"
+    local.write_text(config_path.read_text().replace(token_file.group(1), str(token)))
+    check = subprocess.run([promtool, "check", "config", str(local)], capture_output=True,
+                           text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_grafana_shows_the_shipped_dashboard_from_the_profiles_prometheus(
+        monitored: dict[str, Any], tmp_path: Path) -> None:
+    import yaml
+
+    grafana = monitored["services"]["grafana"]
+    provisioning = _mount(grafana, "/etc/grafana/provisioning")
+    assert provisioning == ROOT / "deploy" / "grafana" / "provisioning"
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
+        "datasources"]
+    assert (source["type"], source["url"]) == ("prometheus", "http://prometheus:9090")
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "camcluster.yml").read_text())[
+        "providers"]
+    folder = _mount(grafana, provider["options"]["path"])
+    assert folder == ROOT / "deploy" / "grafana" / "dashboards"
+    dashboard = json.loads((folder / "camcluster.json").read_text())
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert len(panels) >= 20
+    documented = (ROOT / "docs" / "monitoring.md").read_text()
+    named = set()
+    for panel in panels:
+        assert panel["datasource"]["uid"] == source["uid"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == source["uid"], panel["title"]
+            named |= set(re.findall(r"\bcam_[a-z_]+", target["expr"]))
+    # Every metric the dashboard reads is one the processes export and the docs list.
+    for metric in named:
+        base = re.sub(r"_(bucket|sum|count|total)$", "", metric)
+        assert f"`{base}" in documented, metric
+    # Grafana does not start with its default password.
+    check = _entrypoint(grafana).replace("exec /run.sh", "exit 0").replace("$$", "$")
+    refused = subprocess.run(["/bin/sh", "-c", check], env={"PATH": "/usr/bin:/bin"},
+                             capture_output=True, text=True, timeout=10)
+    assert refused.returncode == 1 and "set GRAFANA_ADMIN_PASSWORD" in refused.stderr
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == \
+        MONITORING_ENV["GRAFANA_ADMIN_PASSWORD"]

@@ -198,7 +198,6 @@ def test_unknown_cam_environment_variables_are_warned_about_by_name(
         "CAM_HTTP_PORT": "9100",
         # Not configuration keys, read by other parts: no warning.
         "CAM_BOOT_INI": "",
-        "CAM_LOG_LEVEL": "DEBUG",
         "CAM_DEPLOY_DIR": "/srv/deploy",
         "CAM_LB_SITE": "https://chat.example.com",
         "PATH": "/usr/bin",
@@ -212,7 +211,7 @@ def test_unknown_cam_environment_variables_are_warned_about_by_name(
     assert "unknown CAM_* environment variables ignored" in warning
     assert "CAM_NATS_URLS (did you mean CAM_NATS_URL?)" in warning
     assert "CAM_HTTPPORT (did you mean CAM_HTTP_PORT?)" in warning
-    for quiet in ("CAM_BOOT_INI", "CAM_LOG_LEVEL", "CAM_DEPLOY_DIR", "CAM_LB_SITE", "PATH",
+    for quiet in ("CAM_BOOT_INI", "CAM_DEPLOY_DIR", "CAM_LB_SITE", "PATH",
                   "cam_lower_case"):
         assert quiet not in warning
 

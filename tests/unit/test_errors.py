@@ -187,6 +187,7 @@ class FakeMsg:
     def __init__(self, op: str) -> None:
         self.subject = f"cam.test.rpc.{op}"
         self.data = b"{}"
+        self.headers: dict[str, str] | None = None
         self.reply = "_INBOX.1"
         self.replies: list[wire.Reply] = []
 

@@ -122,6 +122,7 @@ class FakeSub:
 
 class FakeNats:
     is_connected = True
+    connected_url = None
 
     def __init__(self) -> None:
         self.published: list[str] = []
@@ -288,6 +289,8 @@ class VideoPool:
         return VideoConn(self)
 
     async def fetch(self, query: str, *args: Any) -> list[dict[str, Any]]:
+        if "GROUP BY s.name" in query or "GROUP BY server" in query:
+            return []  # the round's gauges (servers' loads, conferences per server)
         assert "FROM conferences c" in query
         return [{"id": 1, "server": "v1", "janus_room": 11, "pin": "p1", "room_id": 5},
                 {"id": 2, "server": "v2", "janus_room": 22, "pin": "p2", "room_id": 6}]

@@ -20,11 +20,14 @@ import logging
 import subprocess
 import sys
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 import asyncpg
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-from camcore import bus, db
+from camcore import bus, db, metrics
 from camcore.config import Settings
 from camcore.loops import Loops, every
 from camcore.runtime import load_or_exit, setup_logging, wait_for_stop_signal
@@ -225,11 +228,46 @@ class Archiver:
                 "backups": float(len(state["backups"]))}
 
 
+class BackupGauges(Collector):
+    """The archiver's state as ``cam_backup_*``, read at each scrape."""
+
+    def __init__(self, archiver: Archiver) -> None:
+        self.archiver = archiver
+
+    def collect(self) -> Iterable[Metric]:
+        a = self.archiver
+        age, lag = a.state["last_backup_age"], a.lag
+        yield GaugeMetricFamily("cam_backup_leader", "1 while this replica leads the backups "
+                                "(holds the lock, streams the WAL archive).", float(a.leader))
+        age_family = GaugeMetricFamily("cam_backup_age_seconds", "Seconds since the last "
+                                       "successful, verified base backup (absent: none yet).")
+        if age is not None:
+            age_family.add_metric([], float(age))
+        yield age_family
+        yield GaugeMetricFamily("cam_backup_last_ok", "1 when the last backup attempt "
+                                "succeeded and none is missing.", float(bool(a.state["ok"])))
+        yield GaugeMetricFamily("cam_backups_kept", "Base backups kept in cam.backupPath.",
+                                float(len(a.state["backups"])))
+        streaming = a.leader and a._receiving() and lag is not None
+        yield GaugeMetricFamily("cam_backup_wal_streaming", "1 while this replica's "
+                                "pg_receivewal streams the WAL archive.", float(streaming))
+        lag_family = GaugeMetricFamily("cam_backup_wal_lag_bytes", "WAL not yet in the "
+                                       "archive, in bytes (only on the streaming leader).")
+        if streaming:
+            lag_family.add_metric([], float(lag or 0))
+        yield lag_family
+
+
 async def serve(settings: Settings) -> None:
     if not settings.backup_database_url:
         raise SystemExit("cam-backups: set cam.backupDatabaseUrl (the REPLICATION role's URL); "
                          "docs/backup.md shows how")
     archiver = Archiver(settings)
+    async with metrics.serving(settings, "backups", BackupGauges(archiver)):
+        await _serve(settings, archiver)
+
+
+async def _serve(settings: Settings, archiver: Archiver) -> None:
     instance = instance_name(settings)
     nc = await bus.connect(settings.nats_urls, f"backups:{instance}",
                            credentials=settings.nats_credentials or None)
@@ -260,6 +298,7 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging("cam-backups")
     settings = load_or_exit(args.config)
+    setup_logging("cam-backups", settings)
     if args.once:
         try:
             made = backup.take(settings, full=args.full, say=lambda line: log.info("%s", line))

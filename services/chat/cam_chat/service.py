@@ -8,6 +8,7 @@ so publishing a retried message again is harmless.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -18,17 +19,30 @@ from typing import Any
 import asyncpg
 import msgspec
 from nats.aio.client import Client as NATS
+from prometheus_client import Counter
 
-from camcore import audit, db, errors, files, guests, subjects, wire
+from camcore import audit, bus, db, errors, files, guests, subjects, wire
 from camcore.errors import CamError, RequestError
 from camcore.loops import every
 from camcore.service import Loop, ReplicaBase
 
 log = logging.getLogger(__name__)
 
+MESSAGES = Counter("cam_chat_messages_total", "Messages stored and published on their "
+                   "room's subject, by kind (text, file, system, deleted).", ["kind"])
+
 NOT_A_MEMBER = "not a member of this room (or no such room)"
 NO_SUCH_ROOM = "no such room"
 NO_SUCH_LINK = "no such meeting link in this room"
+OPERATOR = "camctl"
+"""The ``by`` of a system message an operator's moderation made (camctl)."""
+
+
+def _operator(detail: dict[str, Any], os_user: str) -> dict[str, Any]:
+    """An audit row's detail, with the OS user who ran camctl when there is one."""
+    return {**detail, "os_user": os_user} if os_user else detail
+
+
 NOT_YOUR_LINK = ("only the link's creator, the room's creator or an admin may revoke "
                  "a meeting link")
 
@@ -146,6 +160,7 @@ class ChatService(ReplicaBase):
         self.max_room_members = max_room_members
         self._names: dict[int, str] = {}
         self._kinds: dict[int, str] = {}  # a room's kind never changes
+        self._operator_rpc: bus.RpcServer | None = None
 
     def handlers(self) -> dict[str, tuple[type[Any], Any]]:
         return {
@@ -171,6 +186,25 @@ class ChatService(ReplicaBase):
             "conf_links": (wire.ConfLinks, self.conf_links),
             "conf_link_revoke": (wire.ConfLinkRevoke, self.conf_link_revoke),
         }
+
+    def operator_handlers(self) -> dict[str, tuple[type[Any], Any]]:
+        """``cam.chat.rpc.operator.<op>``: camctl's moderation, with no user to check."""
+        return {
+            "remove_member": (wire.OperatorRemoveMember, self.operator_remove_member),
+            "delete_room": (wire.OperatorDeleteRoom, self.operator_delete_room),
+        }
+
+    async def start(self) -> None:
+        self._operator_rpc = bus.RpcServer(self.nc, subjects.CHAT_OPERATOR, subjects.CHAT_QUEUE,
+                                           self.operator_handlers())
+        await self._operator_rpc.start()
+
+    async def close(self) -> None:
+        # After the bus was drained (serve_replica), which ended the subscription too:
+        # this only waits for the operator requests still in flight.
+        if self._operator_rpc is not None:
+            with contextlib.suppress(*errors.BUS_UNAVAILABLE_ERRORS):
+                await self._operator_rpc.stop()
 
     def background(self) -> list[Loop]:
         # Every replica purges; a DELETE of rows another replica deletes is harmless.
@@ -204,7 +238,7 @@ class ChatService(ReplicaBase):
         account. Guests are never found here, so nobody can invite them, open a direct
         room with them, put them in a new room or block them."""
         rows = await conn.fetch("SELECT id, username FROM users WHERE username = ANY($1)"
-                                " AND guest_link IS NULL", names)
+                                " AND guest_link IS NULL AND system_role IS NULL", names)
         found = {r["username"]: r["id"] for r in rows}
         missing = sorted(set(names) - found.keys())
         if missing:
@@ -350,6 +384,7 @@ class ChatService(ReplicaBase):
 
     async def _publish_message(self, msg: wire.Message) -> None:
         await self.nc.publish(subjects.room_events(msg.room), wire.encode(msg))
+        MESSAGES.labels(kind=msg.kind).inc()
 
     async def _publish_room_added(self, user_ids: list[int], room: int) -> None:
         async with self.pool.acquire() as conn:
@@ -673,26 +708,35 @@ class ChatService(ReplicaBase):
     # ------------------------------------------------------------ moderation (admins)
 
     async def admin_remove_member(self, req: wire.AdminRemoveMember) -> dict[str, Any]:
+        return await self._remove_member(req.user_id, req.room, req.user)
+
+    async def operator_remove_member(self, req: wire.OperatorRemoveMember) -> dict[str, Any]:
+        return await self._remove_member(None, req.room, req.user, os_user=req.os_user)
+
+    async def _remove_member(self, actor: int | None, room: int, user: str, *,
+                             os_user: str = "") -> dict[str, Any]:
+        """Remove a member, by an admin (``actor``) or an operator (None)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            await audit.require_admin(conn, req.user_id)
-            if await self._lock_room(conn, req.room) is None:
+            if actor is not None:
+                await audit.require_admin(conn, actor)
+            if await self._lock_room(conn, room) is None:
                 raise CamError(NO_SUCH_ROOM, errors.NOT_A_MEMBER)
-            target = (await self._user_ids(conn, [req.user]))[req.user]
+            target = (await self._user_ids(conn, [user]))[user]
             removed = await conn.fetchval(
                 "DELETE FROM room_members WHERE room_id = $1 AND user_id = $2 RETURNING true",
-                req.room, target)
+                room, target)
             if not removed:
-                raise CamError(f"{req.user} is not a member of room {req.room}",
-                               errors.NOT_A_MEMBER)
-            admin = await self._user_name(conn, req.user_id)
+                raise CamError(f"{user} is not a member of room {room}", errors.NOT_A_MEMBER)
+            # An operator is no user: the removal is stored under the removed member.
+            by = await self._user_name(conn, actor) if actor is not None else OPERATOR
             event = await self._post_system(
-                conn, req.room, req.user_id,
-                {"event": "member_removed", "users": [req.user], "by": admin})
-            await audit.record(conn, req.user_id, "remove_member", room=req.room, user=target,
-                              seq=event.seq, detail={"username": req.user})
+                conn, room, actor if actor is not None else target,
+                {"event": "member_removed", "users": [user], "by": by})
+            await audit.record(conn, actor, "remove_member", room=room, user=target,
+                               seq=event.seq, detail=_operator({"username": user}, os_user))
         await self._publish_message(event)
-        await self._publish_room_removed([target], req.room)
-        return {"room": req.room, "user": req.user, "seq": event.seq}
+        await self._publish_room_removed([target], room)
+        return {"room": room, "user": user, "seq": event.seq}
 
     async def admin_delete_message(self, req: wire.AdminDeleteMessage) -> dict[str, Any]:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -721,35 +765,48 @@ class ChatService(ReplicaBase):
         return {"room": req.room, "seq": req.seq, "event_seq": event.seq}
 
     async def admin_delete_room(self, req: wire.AdminDeleteRoom) -> dict[str, Any]:
+        return await self._delete_room(req.user_id, req.room)
+
+    async def operator_delete_room(self, req: wire.OperatorDeleteRoom) -> dict[str, Any]:
+        return await self._delete_room(None, req.room, os_user=req.os_user)
+
+    async def _delete_room(self, actor: int | None, room: int, *, os_user: str = ""
+                           ) -> dict[str, Any]:
+        """Delete a room, by an admin (``actor``) or an operator (None)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            await audit.require_admin(conn, req.user_id)
-            kind = await self._lock_room(conn, req.room)
+            if actor is not None:
+                await audit.require_admin(conn, actor)
+            kind = await self._lock_room(conn, room)
             if kind is None:
                 raise CamError(NO_SUCH_ROOM, errors.NOT_A_MEMBER)
-            event = await self._post_system(conn, req.room, req.user_id,
-                                            {"event": "room_deleted"})
+            # An operator is no user: the deletion is stored under the room's creator.
+            sender = actor if actor is not None else await conn.fetchval(
+                "SELECT created_by FROM rooms WHERE id = $1", room)
+            event = await self._post_system(conn, room, sender, {"event": "room_deleted"}
+                                            if actor is not None else
+                                            {"event": "room_deleted", "by": OPERATOR})
             await conn.execute(
                 "UPDATE messages SET kind = 'deleted', body = ''"
-                " WHERE room_id = $1 AND seq < $2 AND kind <> 'deleted'", req.room, event.seq)
+                " WHERE room_id = $1 AND seq < $2 AND kind <> 'deleted'", room, event.seq)
             members = [r["user_id"] for r in await conn.fetch(
-                "DELETE FROM room_members WHERE room_id = $1 RETURNING user_id", req.room)]
+                "DELETE FROM room_members WHERE room_id = $1 RETURNING user_id", room)]
             # The pair of a deleted direct room can open a new one.
             name = await conn.fetchval(
                 "UPDATE rooms SET deleted_at = now(), direct_key = NULL WHERE id = $1"
-                " RETURNING name", req.room)
+                " RETURNING name", room)
             # Its meeting links die with it, and their guests are put out.
             links = [r["id"] for r in await conn.fetch(
                 "UPDATE meeting_links SET revoked_at = coalesce(revoked_at, now())"
-                " WHERE room_id = $1 RETURNING id", req.room)]
+                " WHERE room_id = $1 RETURNING id", room)]
             ended = await guests.end_sessions(conn, links)
             detail: dict[str, Any] = {"name": name, "kind": kind, "members": len(members)}
             if ended:
                 detail["guest_sessions"] = len(ended)
-            await audit.record(conn, req.user_id, "delete_room", room=req.room, seq=event.seq,
-                              detail=detail)
+            await audit.record(conn, actor, "delete_room", room=room, seq=event.seq,
+                               detail=_operator(detail, os_user))
         await self._publish_message(event)
-        await self._publish_room_removed(sorted(members), req.room)
-        return {"room": req.room, "seq": event.seq, "members": len(members),
+        await self._publish_room_removed(sorted(members), room)
+        return {"room": room, "seq": event.seq, "members": len(members),
                 wire.GUEST_SESSIONS: ended}
 
     # ------------------------------------------------------------ meeting links

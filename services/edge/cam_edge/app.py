@@ -1,9 +1,6 @@
-"""The edge's ASGI application: REST (login, logout, guests, cluster info), health,
-WebSocket.
-
-REST errors go through the project's one error table (``camcore.errors.failure``), like
-the WebSocket ops and the bus replies: the same code, with its HTTP status. Refusals
-that exist only over HTTP (429, 413, 408, 415, 403) come from ``limits``.
+"""The edge's ASGI application: REST (login, logout, guests, cluster info, the admin
+console's ``/api/admin``), health, WebSocket. What the REST endpoints share is in
+``rest``.
 """
 
 from __future__ import annotations
@@ -13,7 +10,7 @@ import contextlib
 import functools
 import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -28,14 +25,16 @@ from starlette.websockets import WebSocket
 
 from camcore import PROTOCOL_VERSION, accounts, bus, db, errors, guests, protocol, subjects, wire
 from camcore.config import Settings
-from camcore.errors import CamError, Failure
+from camcore.errors import CamError
 from camcore.loops import Loops, every
+from camcore.metrics import REGISTRY, exposition, identify
 
+from .admin_api import AdminApi
 from .connection import Connection
 from .context import Edge
 from .files import LOCAL_SWEEP_INTERVAL, FileRoutes, is_upload, request_token
 from .forwarded import ForwardedMiddleware
-from .headers import CorsMiddleware, OriginRules, SecurityHeadersMiddleware
+from .headers import CorsMiddleware, SecurityHeadersMiddleware
 from .health import HealthProbe
 from .hub import Hub
 from .limits import (
@@ -45,12 +44,23 @@ from .limits import (
     LoginGuard,
     RequestLimiter,
 )
+from .metrics import EdgeGauges
 from .presence import PresenceAgent, PresenceWatch
+from .probe import SelfProbe
+from .requestid import RequestIdMiddleware
+from .rest import (
+    NO_STORE,
+    check_state_change,
+    error_response,
+    is_https,
+    origin_allowed,
+    origin_rules,
+    read_json,
+    rest,
+)
 from .static import WEB_DIR, WebFiles, index_page
 
 log = logging.getLogger(__name__)
-
-Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class Credentials(msgspec.Struct, forbid_unknown_fields=True):
@@ -67,66 +77,6 @@ class GuestRedeem(msgspec.Struct, forbid_unknown_fields=True):
 class PasswordChange(msgspec.Struct, forbid_unknown_fields=True):
     current: str
     new: str
-
-
-NO_STORE = {"cache-control": "no-store"}
-
-
-def error_response(failed: Failure) -> JSONResponse:
-    return JSONResponse({"error": {"code": failed.code, "message": failed.message}},
-                        status_code=failed.http_status, headers=NO_STORE)
-
-
-def refusal_response(refused: HttpRefusal) -> Response:
-    return Response(refused.body(), status_code=refused.status, headers=refused.headers(),
-                    media_type="application/json")
-
-
-def rest(endpoint: Endpoint) -> Endpoint:
-    """A REST route whose errors are answered with their code and HTTP status."""
-
-    @functools.wraps(endpoint)
-    async def route(request: Request) -> Response:
-        try:
-            return await endpoint(request)
-        except HttpRefusal as refused:
-            return refusal_response(refused)
-        except Exception as exc:
-            return error_response(errors.report(log, f"{request.method} {request.url.path}", exc))
-
-    return route
-
-
-def origin_allowed(settings: Settings, origin: str | None, host: str | None) -> bool:
-    """Browsers always send Origin; allow same-origin, the configured allow-list, and
-    the web app of every node of the cluster (``headers.OriginRules``)."""
-    return _rules(settings).allowed_origin(origin, host)
-
-
-@functools.lru_cache(maxsize=8)
-def _rules(settings: Settings) -> OriginRules:
-    return OriginRules(settings)
-
-
-def _is_https(request: Request) -> bool:
-    return request.url.scheme == "https"
-
-
-def _is_json(content_type: str | None) -> bool:
-    return (content_type or "").split(";")[0].strip().lower() == "application/json"
-
-
-def check_state_change(settings: Settings, request: Request) -> None:
-    """A state-changing call: from an allowed Origin (the WebSocket handshake's check),
-    and with a JSON body if it declares a type. A form or a cross-site script cannot pass:
-    browsers send Origin with every cross-origin POST, and forms cannot declare JSON."""
-    if not origin_allowed(settings, request.headers.get("origin"), request.headers.get("host")):
-        log.info("refused %s from origin %r", request.url.path, request.headers.get("origin"))
-        raise HttpRefusal("this origin may not call the API", errors.FORBIDDEN)
-    content_type = request.headers.get("content-type")
-    if content_type is not None and not _is_json(content_type):
-        raise HttpRefusal("the request body must be application/json",
-                          errors.UNSUPPORTED_MEDIA_TYPE)
 
 
 def create_app(settings: Settings, *, web_dir: Path = WEB_DIR) -> Starlette:
@@ -167,6 +117,10 @@ def create_app(settings: Settings, *, web_dir: Path = WEB_DIR) -> Starlette:
         state["edge"] = edge
         state["health"] = HealthProbe(edge)
         await _start_files(file_routes, edge)
+        probe = SelfProbe(edge, settings.probe_interval) if settings.probe_interval else None
+        gauges = EdgeGauges(edge, probe)
+        REGISTRY.register(gauges)
+        identify("edge", settings.node_name)
         try:
             async with Loops() as loops:
                 loops.start("edge heartbeat", bus.heartbeat(
@@ -174,13 +128,17 @@ def create_app(settings: Settings, *, web_dir: Path = WEB_DIR) -> Starlette:
                     settings.heartbeat_interval,
                     lambda: {"connections": float(len(edge.connections)),
                              "rooms": float(edge.hub.room_count),
-                             "watched": float(edge.watch.watched_count)}))
+                             "watched": float(edge.watch.watched_count),
+                             **(probe.load() if probe else {})},
+                    address=settings.cluster_hosts[0].address if settings.cluster_hosts else ""))
                 loops.start("presence agent", edge.presence.run)
                 loops.start("presence watch refresh", edge.watch.run)
                 loops.start("repair check", every(settings.repair_interval,
                                                   functools.partial(repair_check, edge)))
                 loops.start("session check", every(settings.session_recheck_interval,
                                                    functools.partial(session_check, edge)))
+                if probe is not None:
+                    loops.start("self-probe", probe.run)
                 if settings.storage == "local":
                     loops.start("local file sweep", every(LOCAL_SWEEP_INTERVAL,
                                                           file_routes.sweep_local))
@@ -193,6 +151,7 @@ def create_app(settings: Settings, *, web_dir: Path = WEB_DIR) -> Starlette:
                         conn.close(protocol.CLOSE_RECONNECT_ELSEWHERE, "node shutting down")
                     await edge.presence.shutdown()
         finally:
+            REGISTRY.unregister(gauges)
             with contextlib.suppress(Exception):
                 await nc.drain()
             await file_routes.close()
@@ -203,13 +162,6 @@ def create_app(settings: Settings, *, web_dir: Path = WEB_DIR) -> Starlette:
 
     async def health(request: Request) -> Response:
         return await state["health"].endpoint(request)
-
-    async def read_json(request: Request, type_: type[Any]) -> Any:
-        body = await request.body()  # bounded by BodyLimitMiddleware (cam.maxRequestBytes)
-        try:
-            return msgspec.json.decode(body, type=type_)
-        except msgspec.MsgspecError as exc:
-            raise CamError(f"invalid request body: {exc}", errors.BAD_REQUEST) from None
 
     async def login(request: Request) -> Response:
         check_state_change(settings, request)
@@ -228,9 +180,10 @@ def create_app(settings: Settings, *, web_dir: Path = WEB_DIR) -> Starlette:
         guard.succeeded(creds.username)
         ttl = timedelta(hours=settings.session_ttl_hours)
         token = await accounts.create_session(edge().pool, user.id, ttl)
-        response = JSONResponse({"token": token, "user": user.public()}, headers=NO_STORE)
+        response = JSONResponse({"token": token, "user": user.public(), "admin": user.is_admin},
+                                headers=NO_STORE)
         response.set_cookie(protocol.SESSION_COOKIE, token, httponly=True, samesite="lax",
-                            secure=_is_https(request), max_age=int(ttl.total_seconds()),
+                            secure=is_https(request), max_age=int(ttl.total_seconds()),
                             path="/")
         return response
 
@@ -317,6 +270,11 @@ def create_app(settings: Settings, *, web_dir: Path = WEB_DIR) -> Starlette:
         view = await bus.call(edge().nc, subjects.HEALTH_CLUSTER, wire.Empty(), timeout=2)
         return JSONResponse(view)
 
+    async def metrics(request: Request) -> Response:
+        """Prometheus (docs/monitoring.md): for the monitoring token, or an admin."""
+        await require_monitor(request)
+        return exposition()
+
     async def require_monitor(request: Request) -> None:
         """An admin's session, or the configured monitoring token (cam.monitoringToken)."""
         token = request_token(request)
@@ -336,7 +294,7 @@ def create_app(settings: Settings, *, web_dir: Path = WEB_DIR) -> Starlette:
         user = await accounts.resolve_session(edge().pool, token) if token else None
         if user is None:
             raise CamError("not logged in", errors.UNAUTHENTICATED)
-        return JSONResponse({"user": user.public()}, headers=NO_STORE)
+        return JSONResponse({"user": user.public(), "admin": user.is_admin}, headers=NO_STORE)
 
     async def cluster(request: Request) -> Response:
         return JSONResponse({
@@ -385,6 +343,8 @@ def create_app(settings: Settings, *, web_dir: Path = WEB_DIR) -> Starlette:
         Route("/api/password", rest(change_password), methods=["POST"]),
         Route("/api/cluster", rest(cluster), methods=["GET"]),
         Route("/api/cluster/view", rest(cluster_view), methods=["GET"]),
+        Route("/metrics", rest(metrics), methods=["GET"]),
+        *AdminApi(settings, edge).routes(),
         Route("/api/rooms/{room:int}/files", rest(upload), methods=["POST"]),
         Route("/api/files/{file_id:str}", rest(file_routes.download), methods=["GET"]),
         Route("/api/files/{file_id:str}/{variant:str}", rest(file_routes.download),
@@ -396,11 +356,12 @@ def create_app(settings: Settings, *, web_dir: Path = WEB_DIR) -> Starlette:
         Mount("/app", app=WebFiles(directory=web_dir)),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[
+        Middleware(RequestIdMiddleware),
         Middleware(SecurityHeadersMiddleware, settings=settings),
         Middleware(ForwardedMiddleware, trusted_proxies=settings.trusted_proxies),
         Middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes,
                    timeout=settings.http_header_timeout, exempt=is_upload),
-        Middleware(CorsMiddleware, rules=_rules(settings))])
+        Middleware(CorsMiddleware, rules=origin_rules(settings))])
     app.state.cam = state
     return app
 

@@ -16,11 +16,11 @@ from typing import Any
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from camcore import PROTOCOL_VERSION, accounts, errors, protocol, wire
+from camcore import PROTOCOL_VERSION, accounts, errors, protocol, requestid, wire
 from camcore.accounts import User
 from camcore.errors import CamError, RequestError
 
-from . import limits
+from . import limits, metrics
 from .context import Edge
 from .cursors import Cursor, Verdict, repair
 from .hub import EVERYONE, message_frame
@@ -124,6 +124,7 @@ class Connection:
             protocol.AUTH_TIMEOUT_SECONDS, self._auth_timeout
         )
         self.edge.connections.add(self)
+        metrics.opened()
         self.send_json({"op": "hello", "v": PROTOCOL_VERSION, "node": self.edge.settings.node_name,
                         "limits": {"max_frame_bytes": self.edge.settings.max_frame_bytes,
                                    "max_message_chars": self.edge.settings.max_message_chars}})
@@ -136,6 +137,7 @@ class Connection:
             auth_timer.cancel()
             reader.cancel()
             self.edge.connections.discard(self)
+            metrics.closed(self.close_code)  # None: the client went first
             self.close(self.close_code or protocol.CLOSE_NORMAL, self.out.close_reason)
             for task in self._tasks:
                 task.cancel()
@@ -166,10 +168,18 @@ class Connection:
     async def _frame(self, text: str) -> None:
         request_id: wire.RequestId = None
         name = "?"
+        # Each op has an id of its own, for its log lines and bus requests: the frame's
+        # rid when acceptable, else a fresh one. Afterwards the connection's is current.
+        op_id = requestid.current.set(requestid.new())
+        echo: dict[str, str] = {}
+        outcome = "ok"
         try:
             raw = parse_frame(text)
             request_id = request_id_of(raw)
             name = raw["op"][:40]
+            if requestid.FRAME_FIELD in raw:
+                echo[requestid.FRAME_FIELD] = requestid.accept_or_new(raw.pop(requestid.FRAME_FIELD))
+                requestid.current.set(echo[requestid.FRAME_FIELD])
             self.edge.requests.hit(self._key)
             op, frame = frame_of(raw)
             if self.user is None and not op.anonymous:
@@ -177,12 +187,13 @@ class Connection:
             if self.user is not None and self.user.is_guest and not op.guest:
                 raise CamError(GUEST_ONLY, errors.FORBIDDEN)
             result = await op.handler(self, frame)
-            self.send_json({"op": "result", "id": request_id, "result": result})
+            self.send_json({"op": "result", "id": request_id, **echo, "result": result})
         except Exception as exc:
             failed = errors.report(log, f"op {name}", exc)
+            outcome = failed.code
             if failed.code in _BAD_FRAME_CODES:
                 self._bad_frames += 1
-            reply: dict[str, Any] = {"op": "error", "id": request_id, "code": failed.code,
+            reply: dict[str, Any] = {"op": "error", "id": request_id, **echo, "code": failed.code,
                                      "message": failed.message}
             if isinstance(exc, limits.RateLimited):
                 reply["retry_after"] = exc.retry_after
@@ -193,6 +204,8 @@ class Connection:
             callbacks, self._after_reply = self._after_reply, []
             for callback in callbacks:
                 callback()
+            log.debug("op %r %s", name, outcome)
+            requestid.current.reset(op_id)
 
     @property
     def _key(self) -> str:

@@ -126,7 +126,8 @@ class ForwardedMiddleware:
         via = f" via={peer[0]}" if proxied and peer else ""
         if scope["type"] == "websocket":
             # Logged when it opens; its frames do not pass through here.
-            log.log(level, "WS %s open client=%s scheme=%s%s", shown, client, scheme, via)
+            log.log(level, "WS %s open client=%s scheme=%s%s", shown, client, scheme, via,
+                    extra={"method": "WS", "path": shown, "client": client})
             await self.app(scope, receive, send)
             return
         method = scope.get("method", "")
@@ -137,7 +138,9 @@ class ForwardedMiddleware:
             if not logged and message["type"] == "http.response.start":
                 logged = True
                 log.log(level, "%s %s %s client=%s scheme=%s%s", method, shown,
-                        message.get("status"), client, scheme, via)
+                        message.get("status"), client, scheme, via,
+                        extra={"method": method, "path": shown, "status": message.get("status"),
+                               "client": client})
             await send(message)
 
         await self.app(scope, receive, send_and_log)

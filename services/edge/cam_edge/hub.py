@@ -18,7 +18,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from camcore import subjects, wire
+from camcore import requestid, subjects, wire
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +61,23 @@ class Listener(Protocol):
     def on_user_event(self, event: dict[str, object]) -> None: ...
 
 
-def message_frame(msg: wire.Message) -> str:
+class MessageFrame(str):
+    """The client frame of a stored message, with the message's commit time (``ts``, ms
+    since the epoch): the outgoing queue times its delivery (``cam_edge.metrics``)."""
+
+    ts: int
+
+
+def message_frame(msg: wire.Message) -> MessageFrame:
     """The client frame of a stored message (docs/protocol.md, ``message``)."""
     frame = {"op": "message", "room": msg.room, "seq": msg.seq, "cid": msg.cid,
              "sender": msg.sender, "sender_name": msg.sender_name, "kind": msg.kind,
              "body": msg.body, "ts": msg.ts}
     if msg.file is not None:
         frame["file"] = msg.file
-    return wire.encode(frame).decode()
+    text = MessageFrame(wire.encode(frame).decode())
+    text.ts = msg.ts
+    return text
 
 
 class _Interest:
@@ -109,7 +118,9 @@ class Hub:
             interest = table.get(key)
             if interest is None:
                 interest = table[key] = _Interest()
-                interest.sub = await self._nc.subscribe(subject, cb=cb)  # type: ignore[arg-type]
+                # nats runs cb in a task made here: not under the id of this request.
+                with requestid.bound(None):
+                    interest.sub = await self._nc.subscribe(subject, cb=cb)  # type: ignore[arg-type]
             interest.listeners.add(listener)
 
     async def _remove(self, table: dict[int, _Interest], key: int, listener: Listener) -> None:

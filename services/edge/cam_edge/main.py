@@ -69,6 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging("cam-edge")
     settings = load_or_exit(args.config, needs_database="the edge")
+    setup_logging("cam-edge", settings)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -87,6 +88,8 @@ def main() -> None:
         ws_ping_timeout=settings.ws_ping_interval or None,
         proxy_headers=False,
         server_header=False,
+        # uvicorn's own loggers go through ours (camcore.logs): same format, request ids.
+        # Requests are logged by ForwardedMiddleware (cam_edge.access), with the client.
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,

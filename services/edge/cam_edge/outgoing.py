@@ -12,6 +12,10 @@ out replies.
 A frame counts against the byte bound, by the memory it takes, from when it is queued
 until the socket has taken it: below the queue, the WebSocket protocol holds at most
 its write buffer (64 KiB) and the frame being written.
+
+Each message frame the socket takes is a delivery (``cam_edge.metrics``): live when it
+was queued as it came, replayed when it waited for room; a live one is timed from its
+commit.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ import sys
 from starlette.websockets import WebSocket
 
 from camcore import protocol
+
+from . import metrics
+from .hub import MessageFrame
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +47,8 @@ def frame_bytes(frame: str) -> int:
 class Outgoing:
     def __init__(self, ws: WebSocket, size: int, max_bytes: int) -> None:
         self._ws = ws
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue(size)
+        # (frame, live): live frames were pushed, replayed ones put.
+        self._queue: asyncio.Queue[tuple[str, bool] | None] = asyncio.Queue(size)
         self._replay_room = max(1, size // 2)
         self._max_bytes = max_bytes
         self._replay_bytes = max_bytes // 2
@@ -66,7 +74,7 @@ class Outgoing:
             self.close(protocol.CLOSE_RESUME, TOO_SLOW)
             return
         try:
-            self._queue.put_nowait(frame)
+            self._queue.put_nowait((frame, True))
         except asyncio.QueueFull:
             self.close(protocol.CLOSE_RESUME, TOO_SLOW)
             return
@@ -87,7 +95,7 @@ class Outgoing:
                 # Nothing left the queue for that long: the client is not reading.
                 self.close(protocol.CLOSE_RESUME, TOO_SLOW)
         if self.close_code is None:
-            self._queue.put_nowait(frame)
+            self._queue.put_nowait((frame, False))
             self.queued_bytes += size
 
     def _replay_fits(self, size: int) -> bool:
@@ -127,27 +135,34 @@ class Outgoing:
         if self._queue.qsize() < self._replay_room and self.queued_bytes < self._replay_bytes:
             self._space.set()
 
-    async def _send(self, frame: str) -> None:
+    @property
+    def queued_frames(self) -> int:
+        return self._queue.qsize()
+
+    async def _send(self, item: tuple[str, bool]) -> None:
+        frame, live = item
         await self._ws.send_text(frame)
         if self.queued_bytes:  # zero after a close dropped the queue
             self.queued_bytes = max(0, self.queued_bytes - frame_bytes(frame))
+        if isinstance(frame, MessageFrame):
+            metrics.delivered(frame.ts, live)
 
     async def _write(self) -> None:
         try:
             while True:
-                frame = await self._queue.get()
-                if frame is None:
+                item = await self._queue.get()
+                if item is None:
                     break
                 self._made_room()
-                await self._send(frame)
+                await self._send(item)
                 # Send what else is already queued without waking up once per frame.
                 while not self._queue.empty():
-                    frame = self._queue.get_nowait()
-                    if frame is None:
+                    item = self._queue.get_nowait()
+                    if item is None:
                         break
-                    await self._send(frame)
+                    await self._send(item)
                     self._made_room()
-                if frame is None:
+                if item is None:
                     break
                 self._made_room()
         except Exception as exc:  # noqa: BLE001 - the socket is gone; the reader notices

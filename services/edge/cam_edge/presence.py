@@ -27,7 +27,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from camcore import bus, errors, subjects, wire
+from camcore import bus, errors, requestid, subjects, wire
 from camcore.errors import CamError
 
 log = logging.getLogger(__name__)
@@ -217,8 +217,10 @@ class PresenceWatch:
             for user in users:
                 if user not in self._users:
                     watched = self._users[user] = _Watched()
-                    watched.sub = await self.nc.subscribe(subjects.presence_user(user),
-                                                          cb=self._on_event)
+                    # nats runs the callback in a task made here: not under this request's id.
+                    with requestid.bound(None):
+                        watched.sub = await self.nc.subscribe(subjects.presence_user(user),
+                                                              cb=self._on_event)
                 self._users[user].pending += 1
         try:
             unknown = [u for u in users if self._users[u].version < 0]

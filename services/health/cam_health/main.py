@@ -10,12 +10,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-from camcore import bus, subjects, wire
+from camcore import bus, metrics, probe, subjects, wire
 from camcore.config import Settings
 from camcore.loops import Loops
 from camcore.runtime import service_main, wait_for_stop_signal
@@ -48,13 +51,14 @@ class ClusterView:
                 "kind": kind, "instance": instance, "node": hb.node, "pid": hb.pid,
                 "heartbeat_age": round(age, 3),
                 "alive": age <= self.settings.node_timeout,
-                "load": hb.load,
+                "load": hb.load, "bus": hb.bus, "address": hb.address,
             })
         return {
             "description": self.settings.cluster_hosts_desc,
             "hosts": [h.address for h in self.settings.cluster_hosts],
             "processes": processes,
             "backups": self.backups(processes),
+            "probe": probe.summary(processes),
         }
 
     def backups(self, processes: list[dict[str, Any]]) -> dict[str, Any]:
@@ -85,10 +89,34 @@ class ClusterView:
         await msg.respond(wire.encode(wire.Reply(ok=True, result=self.snapshot())))
 
 
+class ViewGauges(Collector):
+    """What this replica sees of the cluster, as ``cam_health_processes``."""
+
+    def __init__(self, view: ClusterView) -> None:
+        self.view = view
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily("cam_health_processes", "Processes whose heartbeats this "
+                                   "health replica hears, by kind: alive, or silent for "
+                                   "more than cam.nodeTimeout.", labels=["kind", "state"])
+        counts: dict[tuple[str, str], int] = {}
+        for p in self.view.snapshot()["processes"]:
+            key = (p["kind"], "alive" if p["alive"] else "silent")
+            counts[key] = counts.get(key, 0) + 1
+        for (kind, state), n in sorted(counts.items()):
+            family.add_metric([kind, state], n)
+        yield family
+
+
 async def serve(settings: Settings) -> None:
+    view = ClusterView(settings)
+    async with metrics.serving(settings, "health", ViewGauges(view)):
+        await _serve(settings, view)
+
+
+async def _serve(settings: Settings, view: ClusterView) -> None:
     nc = await bus.connect(settings.nats_urls, f"health:{settings.node_name}",
                            credentials=settings.nats_credentials or None)
-    view = ClusterView(settings)
     await nc.subscribe(subjects.HEARTBEAT_ALL, cb=view.on_heartbeat)
     await nc.subscribe(subjects.HEALTH_CLUSTER, queue=subjects.HEALTH_QUEUE, cb=view.on_request)
     instance = f"{settings.node_name}-{id(view):x}"

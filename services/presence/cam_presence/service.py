@@ -17,12 +17,27 @@ from typing import Any
 
 import asyncpg
 from nats.aio.client import Client as NATS
+from prometheus_client import Counter, Gauge
 
 from camcore import db, errors, subjects, wire
 from camcore.loops import every
 from camcore.service import Loop, ReplicaBase
 
 log = logging.getLogger(__name__)
+
+GAUGE_INTERVAL = 5.0
+"""Seconds between two readings of the presence gauges from the store."""
+ONLINE = Gauge("cam_presence_online_users", "Users of the whole cluster shown with a status "
+               "other than offline, by status (read from the store every 5 s; every replica "
+               "reports the same numbers).", ["status"])
+SESSIONS = Gauge("cam_presence_sessions", "Live sessions (WebSockets) each node holds, as "
+                 "the store has them.", ["node"])
+NODES = Gauge("cam_presence_nodes", "Edges known to presence: alive, or swept (down).",
+              ["state"])
+TRANSITIONS = Counter("cam_presence_transitions_total", "Changes of a user's shown status "
+                      "this replica published.")
+SWEPT = Counter("cam_presence_nodes_swept_total", "Silent nodes this replica swept (their "
+                "sessions removed).")
 
 _DEADLOCK_RETRIES = 5
 #: What a sweep can meet that the next one retries; anything else is a bug (camcore.loops).
@@ -52,7 +67,8 @@ class PresenceService(ReplicaBase):
 
     def background(self) -> list[Loop]:
         # Every replica sweeps; row locks make each silent node handled once.
-        return [Loop("sweeper", every(self.sweep_interval, self._sweep_round))]
+        return [Loop("sweeper", every(self.sweep_interval, self._sweep_round)),
+                Loop("gauges", every(GAUGE_INTERVAL, self._gauges_round, at_once=True))]
 
     def load(self) -> dict[str, float]:
         return {"published": float(self.published), "swept_nodes": float(self.swept_nodes)}
@@ -62,6 +78,30 @@ class PresenceService(ReplicaBase):
             await self.sweep()
         except _SWEEP_ERRORS as exc:
             log.warning("sweep failed: %s (the next round tries again)", exc)
+
+    async def _gauges_round(self) -> None:
+        try:
+            async with self.pool.acquire() as conn:
+                shown = await conn.fetch("SELECT shown, count(*) AS n FROM user_status"
+                                         " WHERE shown <> 'offline' GROUP BY shown")
+                nodes = await conn.fetch(
+                    "SELECT n.node, n.alive, count(s.session_id) AS sessions"
+                    " FROM presence_nodes n LEFT JOIN presence_sessions s ON s.node = n.node"
+                    " GROUP BY n.node, n.alive")
+        except _SWEEP_ERRORS as exc:
+            log.debug("presence gauges not read: %s", exc)
+            return
+        # No await from here on: a scrape sees the old numbers or the new ones.
+        ONLINE.clear()
+        for row in shown:
+            ONLINE.labels(status=row["shown"]).set(row["n"])
+        SESSIONS.clear()
+        for row in nodes:
+            if row["alive"]:
+                SESSIONS.labels(node=row["node"]).set(row["sessions"])
+        alive = sum(1 for row in nodes if row["alive"])
+        NODES.labels(state="alive").set(alive)
+        NODES.labels(state="down").set(len(nodes) - alive)
 
     # ------------------------------------------------------------ core
 
@@ -83,6 +123,7 @@ class PresenceService(ReplicaBase):
         for state in changes:
             await self.nc.publish(subjects.presence_user(state.user), wire.encode(state))
             self.published += 1
+            TRANSITIONS.inc()
 
     @staticmethod
     async def _recompute(conn: asyncpg.Connection, users: Iterable[int]) -> list[wire.PresenceState]:
@@ -269,4 +310,5 @@ class PresenceService(ReplicaBase):
 
         swept: int = await self._transact(work)
         self.swept_nodes += swept
+        SWEPT.inc(swept)
         return swept

@@ -16,8 +16,9 @@ from typing import Any
 
 import asyncpg
 from nats.aio.client import Client as NATS
+from prometheus_client import Counter, Gauge
 
-from camcore import db, errors, subjects, wire
+from camcore import audit, db, errors, subjects, wire
 from camcore.config import Settings
 from camcore.errors import CamError, RequestError
 from camcore.loops import every
@@ -27,6 +28,22 @@ from .janus import Janus, JanusError
 from .placement import ServerLoad, place
 
 log = logging.getLogger(__name__)
+
+# Read from the store every round; every replica reports the same numbers.
+PARTICIPANTS = Gauge("cam_video_participants", "Participants of the active conferences on "
+                     "each video server (the larger of our count and the SFU's).", ["server"])
+ROOMS = Gauge("cam_video_rooms", "Active conferences (one per room) on each video server.",
+              ["server"])
+CAPACITY = Gauge("cam_video_capacity", "Target participants of each video server "
+                 "(cam.videoDomains).", ["server"])
+SERVER_UP = Gauge("cam_video_server_healthy", "1 while the video server answers its probe.",
+                  ["server"])
+DRAINING = Gauge("cam_video_server_draining", "1 while the video server is drained "
+                 "(camctl video drain): it takes no new conference.", ["server"])
+PLACEMENTS = Counter("cam_video_placements_total", "Conferences this replica placed on a "
+                     "video server (new ones and moves).")
+MOVES = Counter("cam_video_moves_total", "Conferences this replica moved off a video server "
+                "that stopped answering.")
 
 _LOADS = """
 SELECT s.name, s.capacity, s.admin_state, s.healthy,
@@ -65,6 +82,7 @@ class VideoAllocator(ReplicaBase):
             "participants": (wire.ConfParticipants, self.participants),
             "explain": (wire.ConfExplain, self.explain),
             "admin": (wire.VideoAdmin, self.admin),
+            "admin_as": (wire.VideoAdminAs, self.admin_as),
         }
 
     async def start(self) -> None:
@@ -147,6 +165,7 @@ class VideoAllocator(ReplicaBase):
                 exclude.add(decision.server)
                 continue
             self.decisions += 1
+            PLACEMENTS.inc()
             explanation = {"steps": list(decision.steps), "server": decision.server,
                            "load": decision.load, "overflow": decision.overflow,
                            "policy": self.settings.video_overflow}
@@ -236,21 +255,44 @@ class VideoAllocator(ReplicaBase):
                 "explanation": json.loads(conf["explanation"])}
 
     async def admin(self, req: wire.VideoAdmin) -> dict[str, Any]:
+        """An operator's drain, enable or status (``cam.video.rpc.admin``)."""
+        return await self._admin(None, req)
+
+    async def admin_as(self, req: wire.VideoAdminAs) -> dict[str, Any]:
+        """The same for an admin of the web app, whose flag is read here."""
+        await audit.require_admin(self.pool, req.user_id)
+        return await self._admin(req.user_id, req)
+
+    async def _admin(self, actor: int | None, req: wire.VideoAdmin) -> dict[str, Any]:
         if req.action in ("drain", "enable"):
             state = "draining" if req.action == "drain" else "active"
-            done = await self.pool.fetchval(
-                "UPDATE video_servers SET admin_state = $2 WHERE name = $1"
-                " AND admin_state <> 'removed' RETURNING true", req.server, state)
-            if not done:
-                raise RequestError(f"no video server named {req.server!r}")
+            async with self.pool.acquire() as conn, conn.transaction():
+                before = await conn.fetchval(
+                    "SELECT admin_state FROM video_servers WHERE name = $1"
+                    " AND admin_state <> 'removed' FOR UPDATE", req.server)
+                if before is None:
+                    raise RequestError(f"no video server named {req.server!r}")
+                await conn.execute("UPDATE video_servers SET admin_state = $2 WHERE name = $1",
+                                   req.server, state)
+                detail: dict[str, Any] = {"server": req.server, "before": before}
+                if req.os_user:
+                    detail["os_user"] = req.os_user
+                await audit.record(conn, actor, f"{req.action}_video", detail=detail)
         rows = await self.pool.fetch(_LOADS)
+        confs: dict[str, list[dict[str, int]]] = {}
+        for c in await self.pool.fetch(
+                "SELECT c.server, c.room_id, count(p.*)::int AS participants"
+                " FROM conferences c LEFT JOIN conference_participants p"
+                " ON p.conference_id = c.id WHERE c.state = 'active'"
+                " GROUP BY c.server, c.room_id ORDER BY c.server, c.room_id"):
+            confs.setdefault(c["server"], []).append(
+                {"room": c["room_id"], "participants": c["participants"]})
         return {"servers": [
             {"name": r["name"], "capacity": r["capacity"], "state": r["admin_state"],
              "healthy": r["healthy"], "participants": r["participants"],
              "load": r["participants"] + r["empty"],
-             "conferences": await self.pool.fetchval(
-                 "SELECT count(*) FROM conferences WHERE server = $1 AND state = 'active'",
-                 r["name"])}
+             "conferences": len(confs.get(r["name"], [])),
+             "rooms": confs.get(r["name"], [])}
             for r in rows]}
 
     # ------------------------------------------------------------ watching the servers
@@ -298,6 +340,7 @@ class VideoAllocator(ReplicaBase):
                 "type": "room_moved", "from": conf["server"],
                 "conference": self._conference(new, self.settings.video_public_url(server))})
             moved += 1
+            MOVES.inc()
 
     async def reconcile(self) -> None:
         """Compare with what each healthy SFU reports; correct drift both ways."""
@@ -359,6 +402,22 @@ class VideoAllocator(ReplicaBase):
         for e in ended:
             await self._destroy(e)
 
+    async def gauges(self) -> None:
+        """The video servers' load as ``cam_video_*`` (what ``camctl video status`` shows)."""
+        rows = await self.pool.fetch(_LOADS)
+        rooms = {r["server"]: r["n"] for r in await self.pool.fetch(
+            "SELECT server, count(*)::int AS n FROM conferences WHERE state = 'active'"
+            " GROUP BY server")}
+        for gauge in (PARTICIPANTS, ROOMS, CAPACITY, SERVER_UP, DRAINING):
+            gauge.clear()  # a server taken out of cam.videoDomains disappears
+        for r in rows:
+            name = r["name"]
+            PARTICIPANTS.labels(server=name).set(r["participants"])
+            ROOMS.labels(server=name).set(rooms.get(name, 0))
+            CAPACITY.labels(server=name).set(r["capacity"])
+            SERVER_UP.labels(server=name).set(1 if r["healthy"] else 0)
+            DRAINING.labels(server=name).set(1 if r["admin_state"] == "draining" else 0)
+
     async def tick(self) -> None:
         """One round: probe, failover, reconciliation, stale participants.
 
@@ -368,7 +427,7 @@ class VideoAllocator(ReplicaBase):
         """
         steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
             ("probe", self.probe), ("failover", self.fail_over), ("reconciliation", self.reconcile),
-            ("stale participants", self.drop_stale_participants)]
+            ("stale participants", self.drop_stale_participants), ("gauges", self.gauges)]
         for name, step in steps:
             try:
                 await step()
