@@ -19,7 +19,11 @@
 - ``video_web_cluster``: ``web_cluster`` with conferences: two real Janus SFUs (v1
   first in fill order, then v2) and a video allocator probing them every 0.3 s, so a
   killed Janus's conferences move to the other.
-- ``web_user``: a user with a display name of its own (what sender names show).
+- ``admin_web_cluster``, ``admin_video_web_cluster``: ``web_cluster`` and
+  ``video_web_cluster`` with what the admin console's Cluster tab reads: a health
+  service and cam.clusterHostsDesc (:data:`CLUSTER_DESC`).
+- ``web_user``: a user with a display name of its own (what sender names show);
+  ``admin=True`` makes an administrator.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ ARTIFACTS = Path(os.environ.get("CAM_TEST_ARTIFACTS") or Path(__file__).parent /
 CHROMIUM = os.environ.get("CAM_CHROMIUM") or "/usr/bin/chromium"
 NODES = ("camserver1", "camserver2")
 VIDEO_ADMIN_KEY = "browser-video-admin-key"
+CLUSTER_DESC = "browser test rig: two edges on 127.0.0.1"
+"""cam.clusterHostsDesc of the admin clusters (one text, so every node's row shows it)."""
 REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 
 
@@ -176,16 +182,17 @@ async def browsers(browser: Browser, request: pytest.FixtureRequest,
 @pytest.fixture
 def web_user(database: str) -> Callable[..., Awaitable[WebUser]]:
     """``await web_user("Alice")``: a new user, user name ``alice<hex>``, display name
-    ``Alice <hex>`` (so that a sender name is told from a user name)."""
+    ``Alice <hex>`` (so that a sender name is told from a user name); ``admin=True``
+    for an administrator."""
 
-    async def make(first: str, display_name: str | None = None) -> WebUser:
+    async def make(first: str, display_name: str | None = None, *, admin: bool = False) -> WebUser:
         tag = uuid.uuid4().hex[:6]
         user = WebUser(f"{first.lower()}{tag}", "correct horse battery",
                        display_name or f"{first} {tag}")
         pool = await db.create_pool(database, max_size=1)
         try:
             await accounts.create_user(pool, user.username, user.password,
-                                       display_name=user.display_name)
+                                       display_name=user.display_name, is_admin=admin)
         finally:
             await pool.close()
         return user
@@ -254,7 +261,8 @@ def _cluster_info(url: str, verify: Any = True) -> dict[str, Any]:
 
 
 async def _start(cluster_factory: Any, tmp_path: Path, stops: list[Callable[[], Awaitable[None]]],
-                 kinds: tuple[str, ...], sfus: dict[str, rig.Janus] | None = None) -> WebCluster:
+                 kinds: tuple[str, ...], sfus: dict[str, rig.Janus] | None = None, *,
+                 edge_env: dict[str, str] | None = None) -> WebCluster:
     video_env = None
     if sfus:
         video_env = {
@@ -265,7 +273,7 @@ async def _start(cluster_factory: Any, tmp_path: Path, stops: list[Callable[[], 
         }
     # Started in a thread: the module's event loop also carries the browser's connection.
     made = await asyncio.to_thread(start_lb_cluster, cluster_factory, tmp_path, kinds=kinds,
-                                   video_env=video_env)
+                                   video_env=video_env, edge_env=edge_env)
     web = WebCluster(made.cluster, made, made.balancers.get(kinds[0]) if kinds else None,
                      sfus=dict(sfus or {}))
 
@@ -292,10 +300,8 @@ async def web_cluster(cluster_factory: Any, tmp_path: Path, cluster_stops: list[
     return web
 
 
-@pytest_asyncio.fixture(loop_scope="module")
-async def video_web_cluster(cluster_factory: Any, tmp_path: Path,
-                            cluster_stops: list[Any]) -> WebCluster:
-    """``web_cluster`` with two real Janus SFUs, v1 and v2, and a video allocator."""
+async def _janus_pair(tmp_path: Path) -> dict[str, rig.Janus]:
+    """Two real Janus SFUs, v1 first in fill order, then v2, started."""
     if rig.janus_binary() is None:
         pytest.fail("janus not found: the conference tests need a real Janus SFU "
                     "(apt-get install -y janus)")
@@ -305,11 +311,54 @@ async def video_web_cluster(cluster_factory: Any, tmp_path: Path,
     try:
         for sfu in sfus.values():
             await asyncio.to_thread(sfu.start)
+    except BaseException:
+        for sfu in sfus.values():
+            sfu.stop()
+        raise
+    return sfus
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def video_web_cluster(cluster_factory: Any, tmp_path: Path,
+                            cluster_stops: list[Any]) -> WebCluster:
+    """``web_cluster`` with two real Janus SFUs, v1 and v2, and a video allocator."""
+    sfus = await _janus_pair(tmp_path)
+    try:
         return await _start(cluster_factory, tmp_path, cluster_stops, (), sfus)
     except BaseException:
         for sfu in sfus.values():
             sfu.stop()
         raise
+
+
+async def _admin_cluster(cluster_factory: Any, tmp_path: Path, stops: list[Any],
+                         sfus: dict[str, rig.Janus] | None = None) -> WebCluster:
+    """A web cluster as the admin console's Cluster tab reads it: cam.clusterHostsDesc
+    on every edge, and a health service collecting the heartbeats."""
+    try:
+        web = await _start(cluster_factory, tmp_path, stops, (), sfus,
+                           edge_env={"CAM_CLUSTER_HOSTS_DESC": CLUSTER_DESC})
+    except BaseException:
+        for sfu in (sfus or {}).values():
+            sfu.stop()
+        raise
+    await asyncio.to_thread(web.cluster.start_health)  # stopped with the cluster
+    return web
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def admin_web_cluster(cluster_factory: Any, tmp_path: Path,
+                            cluster_stops: list[Any]) -> WebCluster:
+    """``web_cluster`` with a health service and cam.clusterHostsDesc."""
+    return await _admin_cluster(cluster_factory, tmp_path, cluster_stops)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def admin_video_web_cluster(cluster_factory: Any, tmp_path: Path,
+                                  cluster_stops: list[Any]) -> WebCluster:
+    """``video_web_cluster`` with a health service and cam.clusterHostsDesc."""
+    return await _admin_cluster(cluster_factory, tmp_path, cluster_stops,
+                                await _janus_pair(tmp_path))
 
 
 @pytest_asyncio.fixture(loop_scope="module")

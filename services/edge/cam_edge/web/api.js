@@ -48,6 +48,11 @@ export function guest(token, name) {
   return call('POST', '/api/guest', { body: { token, name } });
 }
 
+// The session's user -> {user, admin}.
+export function me(token) {
+  return call('GET', '/api/me', { token });
+}
+
 // -> {node, hosts, own_host, load_balancer, server_url_domain, protocol, ...}
 export function cluster() {
   return call('GET', '/api/cluster');

@@ -47,6 +47,8 @@ export const state = {
   guest: GUEST ? GUEST.guest : null,   // {room, room_name, expires_at} for a guest
   guestEnded: false,        // the guest's session ended (link revoked or expired)
   me: null,                 // {id, username, display_name}
+  admin: null,              // the `admin` flag of /api/login or /api/me; null until known
+  view: 'chat',             // 'chat' | 'admin' (the admin view, for admins only)
   loginNotice: null,        // i18n key shown on the login form
   connected: false,
   everConnected: false,
@@ -184,6 +186,7 @@ export async function login(username, password) {
   const res = await api.login(username, password);
   state.token = res.token;
   state.me = res.user;
+  state.admin = res.admin === true;
   state.loginNotice = null;
   storageSet(sessionStorage, TOKEN_KEY, res.token);
   emit();
@@ -206,6 +209,7 @@ export async function guestJoin(name) {
 
 export async function start() {
   if (!state.token || conn) return;
+  if (state.admin === null && !state.meetLink) learnAdmin(state.token);
   let info = null;
   try { info = await api.cluster(); } catch { /* fall back to this page's origin */ }
   if (!state.token || conn) return;
@@ -221,10 +225,34 @@ export async function start() {
   conn.start();
 }
 
+// A tab that starts with a stored token asks /api/me whether its user is an admin
+// (the auth answer does not say); the server checks the flag on every admin call anyway.
+async function learnAdmin(token) {
+  let res = null;
+  try { res = await api.me(token); } catch { /* not known: no admin view */ }
+  if (state.token !== token) return;
+  state.admin = !!(res && res.admin === true);
+  emit();
+}
+
+// The admin's own flag changed (the Users tab): the Admin entry follows it.
+export function setAdmin(admin) {
+  state.admin = admin;
+  if (!admin && state.view === 'admin') state.view = 'chat';
+  emit();
+}
+
+export function showView(view) {
+  state.view = view === 'admin' && state.admin === true ? 'admin' : 'chat';
+  emit();
+}
+
 function resetData() {
   for (const u of [...state.uploads.values()]) dropUpload(u);
   state.uploads = new Map();
   state.me = null;
+  state.admin = null;
+  state.view = 'chat';
   state.connected = false;
   state.everConnected = false;
   state.node = null;

@@ -1,9 +1,11 @@
 // The root component, the top bar and the connection banner; a meeting link's tab
-// is a guest's page instead (guest.js).
+// is a guest's page instead (guest.js). An admin's top bar also opens the admin view
+// (admin.js) in place of the rooms.
 
 import { html, useEffect, useState } from '../lib.js';
 import { onLangChange, t } from '../i18n.js';
 import * as store from '../store.js';
+import { AdminView } from './admin.js';
 import { LangSwitch } from './common.js';
 import { GuestApp } from './guest.js';
 import { Login } from './login.js';
@@ -38,6 +40,13 @@ function StatusPicker() {
     </label>`;
 }
 
+function AdminEntry() {
+  const open = store.state.view === 'admin';
+  return html`<button type="button" class=${`admin-entry${open ? ' active' : ''}`} data-testid="admin-button"
+    aria-pressed=${open ? 'true' : 'false'} onClick=${() => store.showView(open ? 'chat' : 'admin')}>
+    ${open ? t('admin.back') : t('admin.open')}</button>`;
+}
+
 function TopBar() {
   const me = store.state.me;
   const canAsk = store.notificationsAvailable() && Notification.permission === 'default';
@@ -46,6 +55,7 @@ function TopBar() {
       <span class="brand">${t('app.name')}</span>
       <${Banner} />
       <span class="grow"></span>
+      ${store.state.admin === true && html`<${AdminEntry} />`}
       <span class="me">
         <span class="sr-only">${t('me.label')}</span>
         <span data-testid="me-name" class="me-name" title=${me ? `@${me.username}` : ''}>
@@ -63,17 +73,21 @@ function Shell() {
   return html`
     <div class="shell">
       <${TopBar} />
-      <div class="workspace">
-        <${Sidebar} />
-        <${RoomView} />
-      </div>
+      ${store.state.view === 'admin' && store.state.admin === true ? html`<${AdminView} />` : html`
+        <div class="workspace">
+          <${Sidebar} />
+          <${RoomView} />
+        </div>`}
     </div>`;
 }
 
 export function App() {
   const [, setVersion] = useState(0);
+  // A counter of its own for language changes: bumping the store's version here would
+  // make the store's next emit look like no change (and that render be skipped).
+  const [, setLangChanges] = useState(0);
   useEffect(() => store.subscribe((v) => setVersion(v)), []);
-  useEffect(() => onLangChange(() => setVersion((v) => v + 1)), []);
+  useEffect(() => onLangChange(() => setLangChanges((n) => n + 1)), []);
   const total = store.totalUnread();
   useEffect(() => {
     document.title = total > 0 ? `(${total}) camcluster` : 'camcluster';
