@@ -254,7 +254,7 @@ async def test_a_guest_gets_a_session_scoped_to_the_meeting_of_its_link(
             r = await http.post("/api/login", json={"username": name, "password": password})
             assert r.status_code == 401 and r.json()["error"]["code"] == "bad_credentials"
         me = await http.get("/api/me", headers={"Authorization": f"Bearer {body['token']}"})
-    assert me.json() == {"user": guest_user}
+    assert me.json() == {"user": guest_user, "admin": False}
     # Only a guest may lack a password: the schema says so too.
     with pytest.raises(asyncpg.CheckViolationError):
         await pool.execute("INSERT INTO users (username, display_name) VALUES ('nopass', 'N')")
