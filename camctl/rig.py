@@ -36,10 +36,21 @@ class RigError(RuntimeError):
     """A process of the rig did not start or answer in time."""
 
 
+_HANDED_OUT: set[tuple[str, int]] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on now, and never handed out before by this process: the
+    kernel may offer a port again once its probe socket is closed, before the process
+    it was meant for has bound it."""
+    for _ in range(1000):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if (host, port) not in _HANDED_OUT:
+            _HANDED_OUT.add((host, port))
+            return port
+    raise RigError(f"no free port on {host}")
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
