@@ -26,6 +26,8 @@ from camcore.errors import CamError, RequestError
 from camcore.loops import every
 from camcore.service import Loop, ReplicaBase
 
+from .batch import GroupCommit, Stored
+
 log = logging.getLogger(__name__)
 
 MESSAGES = Counter("cam_chat_messages_total", "Messages stored and published on their "
@@ -161,6 +163,7 @@ class ChatService(ReplicaBase):
         self._names: dict[int, str] = {}
         self._kinds: dict[int, str] = {}  # a room's kind never changes
         self._operator_rpc: bus.RpcServer | None = None
+        self.group = GroupCommit(pool)
 
     def handlers(self) -> dict[str, tuple[type[Any], Any]]:
         return {
@@ -221,7 +224,7 @@ class ChatService(ReplicaBase):
 
     # ------------------------------------------------------------ helpers
 
-    async def _user_name(self, conn: asyncpg.Connection, user_id: int) -> str:
+    async def _user_name(self, conn: asyncpg.Pool | asyncpg.Connection, user_id: int) -> str:
         name = self._names.get(user_id)
         if name is None:
             name = await conn.fetchval("SELECT username FROM users WHERE id = $1", user_id)
@@ -260,11 +263,19 @@ class ChatService(ReplicaBase):
             "SELECT seq, created_at, duplicate FROM cam_post_message($1, $2, $3, $4, $5)",
             room, sender, cid, kind, body,
         )
+        stored = None if row is None else Stored(row["seq"], row["created_at"],
+                                                 row["duplicate"])
+        return await self._stored(conn, stored, room, sender, cid, kind, body)
+
+    async def _stored(self, conn: asyncpg.Pool | asyncpg.Connection, row: Stored | None,
+                      room: int, sender: int, cid: str, kind: str, body: str) -> wire.Message:
+        """The message ``cam_post_message`` stored (``row``), or the one a reused cid
+        names; not_a_member for no row, conflict for a cid reused for another body."""
         if row is None:
             raise CamError(NOT_A_MEMBER, errors.NOT_A_MEMBER)
-        if row["duplicate"] and kind in ("text", "file"):
+        if row.duplicate and kind in ("text", "file"):
             stored = await conn.fetchrow(
-                "SELECT kind, body FROM messages WHERE room_id = $1 AND seq = $2", room, row["seq"]
+                "SELECT kind, body FROM messages WHERE room_id = $1 AND seq = $2", room, row.seq
             )
             if stored["kind"] == "deleted":
                 # Stored, then deleted by an admin: acknowledge it, never publish it again.
@@ -275,9 +286,9 @@ class ChatService(ReplicaBase):
                     errors.CONFLICT,
                 )
         return wire.Message(
-            room=room, seq=row["seq"], cid=cid, sender=sender,
+            room=room, seq=row.seq, cid=cid, sender=sender,
             sender_name=await self._user_name(conn, sender), kind=kind, body=body,
-            ts=_ms(row["created_at"]),
+            ts=_ms(row.created_at),
         )
 
     async def _post_system(self, conn: asyncpg.Connection, room: int, actor: int,
@@ -328,7 +339,8 @@ class ChatService(ReplicaBase):
         if rows:
             raise CamError(blocked_message([r["username"] for r in rows]), errors.FORBIDDEN)
 
-    async def _refuse_blocked_send(self, conn: asyncpg.Connection, req: wire.SendMessage) -> None:
+    async def _refuse_blocked_send(self, conn: asyncpg.Pool | asyncpg.Connection,
+                                   req: wire.SendMessage) -> None:
         """``forbidden`` for a new message into a direct room whose other member blocked
         the sender (a retry of a message stored before the block is still answered)."""
         kind = self._kinds.get(req.room)
@@ -559,9 +571,11 @@ class ChatService(ReplicaBase):
             )
         if not req.body.strip():
             raise RequestError("message body is empty")
-        async with self.pool.acquire() as conn:
-            await self._refuse_blocked_send(conn, req)
-            msg = await self._post(conn, req.room, req.user_id, req.cid, "text", req.body)
+        await self._refuse_blocked_send(self.pool, req)
+        # Committed with the sends that arrive with it (group commit, cam_chat.batch).
+        stored = await self.group.post(req.room, req.user_id, req.cid, "text", req.body)
+        msg = await self._stored(self.pool, stored, req.room, req.user_id, req.cid, "text",
+                                 req.body)
         await self._publish_message(msg)
         return {"room": msg.room, "seq": msg.seq, "cid": msg.cid, "ts": msg.ts}
 

@@ -1,0 +1,167 @@
+"""Group commit: sends that arrive together are stored in one transaction.
+
+Each send still runs ``cam_post_message`` (membership check, the room's seq bump, the
+insert, the idempotency check on ``(room, sender, cid)``), but all the sends waiting
+when a commit starts share one statement and one commit, so they share one WAL flush:
+the cost that bounds acknowledged sends per second. While a batch commits, the next one
+gathers. Nothing waits on purpose: a lone send is committed at once, as before.
+
+- **Gap-free and ordered.** The rows of a batch are taken in room order, and within a
+  room in arrival order, so a room's seqs follow the order its sends arrived, and every
+  batch (of every replica) locks rooms in ascending order: two batches cannot deadlock
+  on each other. A rollback undoes every seq bump of the batch with it.
+- **Idempotent.** A cid sent twice, in one batch or in two, is stored once:
+  ``cam_post_message`` finds the first one (in the batch, the earlier row is visible to
+  the later one, in the same transaction).
+- **One bad send fails alone.** If the statement fails for any other reason than an
+  unavailable database, each send of the batch is tried again on its own, so only the
+  send that caused it gets the error. An unavailable database fails the whole batch:
+  nothing of it was committed, and every sender gets ``unavailable`` (a retry with the
+  same cid is stored once).
+- **Bounded.** A batch holds at most :data:`MAX_ROWS` sends and :data:`MAX_BYTES` bytes
+  of bodies; the replica's request concurrency bounds what can wait at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Final
+
+import asyncpg
+from prometheus_client import Histogram
+
+from camcore import db
+
+log = logging.getLogger(__name__)
+
+MAX_ROWS: Final = 256
+MAX_BYTES: Final = 4 * 1024 * 1024
+
+BATCH_ROWS: Final = Histogram(
+    "cam_chat_commit_batch_rows", "Sends committed together in one transaction (group "
+    "commit).", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+
+_POST_MANY: Final = """
+SELECT p.seq, p.created_at, p.duplicate
+  FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[])
+       WITH ORDINALITY AS t(room, sender, cid, kind, body, i)
+  LEFT JOIN LATERAL cam_post_message(t.room, t.sender, t.cid, t.kind, t.body) p ON true
+ ORDER BY t.i
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What ``cam_post_message`` answered for one send."""
+
+    seq: int
+    created_at: datetime
+    duplicate: bool
+
+
+@dataclass(slots=True)
+class _Send:
+    room: int
+    sender: int
+    cid: str
+    kind: str
+    body: str
+    done: asyncio.Future[Stored | None] = field(repr=False)
+
+    @property
+    def size(self) -> int:
+        return len(self.body.encode("utf-8", "surrogatepass")) + len(self.cid) + 64
+
+
+class GroupCommit:
+    """Stores sends through ``cam_post_message``, many per transaction (see the module)."""
+
+    def __init__(self, pool: asyncpg.Pool, *, max_rows: int = MAX_ROWS,
+                 max_bytes: int = MAX_BYTES) -> None:
+        self._pool = pool
+        self._max_rows = max_rows
+        self._max_bytes = max_bytes
+        self._pending: list[_Send] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.rows = 0
+
+    async def post(self, room: int, sender: int, cid: str, kind: str, body: str
+                   ) -> Stored | None:
+        """Store one send; None when the sender is not a member of the room."""
+        send = _Send(room, sender, cid, kind, body,
+                     asyncio.get_running_loop().create_future())
+        self._pending.append(send)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+            self._flusher.add_done_callback(self._flushed)
+        return await send.done
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        """A flusher cancelled before it ran, or ended by an error: fail what waits."""
+        if task.cancelled() or task.exception() is not None:
+            _fail(self._pending, None if task.cancelled() else task.exception())
+            self._pending.clear()
+
+    def _take(self) -> list[_Send]:
+        batch: list[_Send] = []
+        size = 0
+        while self._pending and len(batch) < self._max_rows:
+            nxt = self._pending[0]
+            if batch and size + nxt.size > self._max_bytes:
+                break
+            batch.append(self._pending.pop(0))
+            size += nxt.size
+        return batch
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch = self._take()
+            try:
+                await self._commit(batch)
+            except BaseException as exc:
+                # A bug, or the replica stopping (cancelled): nobody may wait for ever.
+                _fail(batch + self._pending, exc if isinstance(exc, Exception) else None)
+                self._pending.clear()
+                raise
+
+    async def _commit(self, batch: list[_Send]) -> None:
+        rows = sorted(batch, key=lambda s: s.room)  # stable: arrival order within a room
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                found = await conn.fetch(
+                    _POST_MANY, [s.room for s in rows], [s.sender for s in rows],
+                    [s.cid for s in rows], [s.kind for s in rows], [s.body for s in rows])
+        except db.UNAVAILABLE_ERRORS as exc:
+            _fail(rows, exc)
+            return
+        except asyncpg.PostgresError as exc:
+            if len(rows) == 1:
+                _fail(rows, exc)
+                return
+            log.info("a batch of %d sends failed (%s); each is tried on its own",
+                     len(rows), exc)
+            for send in rows:
+                await self._commit([send])
+            return
+        self.batches += 1
+        self.rows += len(rows)
+        BATCH_ROWS.observe(len(rows))
+        for send, row in zip(rows, found, strict=True):
+            if not send.done.done():
+                send.done.set_result(None if row["seq"] is None else Stored(
+                    row["seq"], row["created_at"], row["duplicate"]))
+
+
+def _fail(rows: list[_Send], exc: BaseException | None) -> None:
+    """Every send of ``rows`` still waited for ends with ``exc`` (None: cancelled)."""
+    for send in rows:
+        if send.done.done():
+            continue
+        if exc is None:
+            send.done.cancel()
+        else:
+            send.done.set_exception(exc)
