@@ -4,7 +4,8 @@ Each send still runs ``cam_post_message`` (membership check, the room's seq bump
 insert, the idempotency check on ``(room, sender, cid)``), but all the sends waiting
 when a commit starts share one statement and one commit, so they share one WAL flush:
 the cost that bounds acknowledged sends per second. While a batch commits, the next one
-gathers. Nothing waits on purpose: a lone send is committed at once, as before.
+gathers (and, with :data:`FLUSHERS` at 2, runs its statement). Nothing waits on purpose:
+a lone send is committed at once, as before.
 
 - **Gap-free and ordered.** The rows of a batch are taken in room order, and within a
   room in arrival order, so a room's seqs follow the order its sends arrived, and every
@@ -38,6 +39,9 @@ from camcore import db
 log = logging.getLogger(__name__)
 
 MAX_ROWS: Final = 256
+FLUSHERS: Final = 2
+"""Batches of one replica in flight at once: while one waits for its commit, the next
+runs its statement."""
 MAX_BYTES: Final = 4 * 1024 * 1024
 
 BATCH_ROWS: Final = Histogram(
@@ -80,12 +84,13 @@ class GroupCommit:
     """Stores sends through ``cam_post_message``, many per transaction (see the module)."""
 
     def __init__(self, pool: asyncpg.Pool, *, max_rows: int = MAX_ROWS,
-                 max_bytes: int = MAX_BYTES) -> None:
+                 max_bytes: int = MAX_BYTES, flushers: int = FLUSHERS) -> None:
         self._pool = pool
         self._max_rows = max_rows
         self._max_bytes = max_bytes
+        self._most_flushers = flushers
         self._pending: list[_Send] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._flushers: set[asyncio.Task[None]] = set()
         self.batches = 0
         self.rows = 0
 
@@ -95,13 +100,15 @@ class GroupCommit:
         send = _Send(room, sender, cid, kind, body,
                      asyncio.get_running_loop().create_future())
         self._pending.append(send)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-            self._flusher.add_done_callback(self._flushed)
+        if len(self._flushers) < self._most_flushers:
+            flusher = asyncio.create_task(self._flush())
+            self._flushers.add(flusher)
+            flusher.add_done_callback(self._flushed)
         return await send.done
 
     def _flushed(self, task: asyncio.Task[None]) -> None:
         """A flusher cancelled before it ran, or ended by an error: fail what waits."""
+        self._flushers.discard(task)
         if task.cancelled() or task.exception() is not None:
             _fail(self._pending, None if task.cancelled() else task.exception())
             self._pending.clear()
