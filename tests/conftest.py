@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -145,6 +146,19 @@ def two_nodes(cluster_factory: Any) -> Cluster:
     c.start_edge("camserver2", nats=1)
     c.wait_edges()
     return c
+
+
+@pytest.fixture
+def nats_url() -> Iterator[str]:
+    """One bare nats-server, without authorization (default 1 MiB payload limit)."""
+    port = rig.free_port()
+    proc = subprocess.Popen([rig.nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 @pytest.fixture

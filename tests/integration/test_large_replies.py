@@ -5,10 +5,9 @@ answer that still does not fit is refused with ``too_large`` at once, not a time
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -18,7 +17,6 @@ import pytest
 from camclient import Client
 from camcore import bus
 from camcore.errors import CamError
-from camctl import rig
 from tests.conftest import Cluster
 from tests.integration.test_delivery import commit_without_publish
 
@@ -155,19 +153,6 @@ def drain(client: Client) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------- the bus itself
-
-
-@pytest.fixture
-def nats_url(tmp_path: Any) -> Iterator[str]:
-    """One bare nats-server (default 1 MiB payload limit)."""
-    port = rig.free_port()
-    proc = subprocess.Popen([rig.nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 class Ask(msgspec.Struct):

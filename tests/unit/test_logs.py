@@ -8,7 +8,6 @@ import configparser
 import json
 import logging
 import os
-import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -33,7 +32,7 @@ from camcore import bus, logs, requestid, subjects, wire
 from camcore.accounts import User
 from camcore.config import ConfigError, load_settings
 from camcore.runtime import setup_logging
-from camctl import rig, runlogs
+from camctl import runlogs
 from camctl.supervisor import HostSupervisor, LogRotation, Program
 from tests.unit.fakes import FakeWebSocket
 from tests.unit.test_errors import FakeEdge
@@ -240,19 +239,6 @@ async def test_a_websocket_op_runs_under_the_frames_rid_and_answers_with_it(
 
 
 # ---------------------------------------------------------------- ids across the bus
-
-
-@pytest.fixture
-def nats_url() -> Iterator[str]:
-    """One bare nats-server."""
-    port = rig.free_port()
-    proc = subprocess.Popen([rig.nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 class Echo(msgspec.Struct):
