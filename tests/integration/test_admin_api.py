@@ -185,6 +185,12 @@ async def test_an_admin_manages_users_and_each_change_is_audited(
     assert carol["display_name"] == "<b>Carol</b>" and carol["active"] and not carol["is_admin"]
     again = await root.call("POST", "/users", {"username": "carol", "password": "x" * 20})
     assert again.status_code == 409
+    # The same policy for a user's own change (POST /api/password).
+    carol_token = await login(cluster.http("camserver2"), "carol", "carol-password-1")
+    async with httpx.AsyncClient(base_url=cluster.http("camserver2"), timeout=10) as http:
+        own = await http.post("/api/password", headers={"Authorization": f"Bearer {carol_token}"},
+                              json={"current": "carol-password-1", "new": "eleven-char"})
+    assert own.status_code == 400 and f"{MIN_LENGTH} to 1024" in own.json()["error"]["message"]
     # Import: all or nothing, each bad row named.
     bad = await root.call("POST", "/users/import", {"csv": (
         "username,password,display_name,admin\n"

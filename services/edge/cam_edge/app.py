@@ -243,7 +243,8 @@ def create_app(settings: Settings, *, web_dir: Path = WEB_DIR) -> Starlette:
             guard.failed(user.username, client)
             log.warning("failed password change user=%r client=%s", user.username, client)
             raise CamError("the current password is wrong", errors.BAD_CREDENTIALS)
-        revoked = await accounts.set_password(edge().pool, user.id, change.new, keep=token)
+        revoked = await accounts.set_password(edge().pool, user.id, change.new, keep=token,
+                                              min_length=settings.user_password_min_length)
         log.info("password changed user=%r client=%s; %d other sessions revoked",
                  user.username, client, len(revoked))
         with contextlib.suppress(Exception):  # the session check closes them anyway
