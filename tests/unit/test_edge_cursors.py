@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 from cam_edge.cursors import Cursor, Verdict, repair
+from cam_edge.wsproto import Frame
 
 from camcore import protocol, wire
 from camcore.errors import Unavailable
@@ -23,12 +24,12 @@ def message(seq: int) -> wire.Message:
                         kind="text", body=f"body {seq}", ts=seq)
 
 
-def frame(m: wire.Message) -> str:
-    return f"frame {m.seq}"
+def frame(m: wire.Message) -> Frame:
+    return Frame(b"frame %d" % m.seq, m.ts)
 
 
-def live(seq: int) -> str:
-    return f"frame {seq}"
+def live(seq: int) -> Frame:
+    return Frame(b"frame %d" % seq, seq)
 
 
 class Store:
@@ -53,10 +54,10 @@ class Client:
     """What the connection queued for the client, in order."""
 
     def __init__(self) -> None:
-        self.frames: list[str] = []
-        self.during_put: Callable[[str], object] | None = None
+        self.frames: list[Frame] = []
+        self.during_put: Callable[[Frame], object] | None = None
 
-    async def put(self, f: str) -> None:
+    async def put(self, f: Frame) -> None:
         self.frames.append(f)
         await asyncio.sleep(0)  # a replay waits for room in the queue
         if self.during_put is not None:
@@ -71,7 +72,7 @@ class Client:
 
     @property
     def seqs(self) -> list[int]:
-        return [int(f.split()[1]) for f in self.frames]
+        return [int(f.data.split()[1]) for f in self.frames]
 
 
 async def run_repair(cursor: Cursor, store: Store, client: Client) -> None:
@@ -198,6 +199,6 @@ def test_a_head_counts_only_when_the_previous_check_saw_it_too() -> None:
     cursor = Cursor(4)
     assert not cursor.confirm_head(6)  # 5 and 6 may be in flight
     assert cursor.confirm_head(6)  # still missing a whole interval later: fetch
-    assert cursor.pending == {6: ""}
+    assert cursor.pending == {6: None}
     cursor.last = 6
     assert not cursor.confirm_head(6)

@@ -135,11 +135,10 @@ async def test_a_websocket_op_with_the_database_down_gets_unavailable() -> None:
     ws = FakeWebSocket()
     conn = Connection(ws, FakeEdge(), None)  # type: ignore[arg-type]
     conn.user = User(1, "alice", "Alice", False)
-    writer = conn.out.start()
     await conn._frame('{"op": "directory", "id": 5}')
     await conn._frame('{"op": "nope", "id": 6}')
     conn.close(1000, "done")
-    await asyncio.wait_for(writer, 2)
+    await asyncio.wait_for(conn.out.closed(), 2)
     assert ws.sent == [
         {"op": "error", "id": 5, "code": "unavailable", "message": "database unavailable; retry later"},
         {"op": "error", "id": 6, "code": "unknown_op", "message": "unknown op 'nope'"},

@@ -124,13 +124,12 @@ async def test_a_guest_connection_is_refused_every_op_but_its_meetings() -> None
     ws = FakeWebSocket()
     conn = Connection(ws, edge, None)  # type: ignore[arg-type]
     conn.user = User(5, "guest-00", "Ana", False, guest_room=7)
-    writer = conn.out.start()
     for i, frame in enumerate(['{"op": "rooms"}', '{"op": "send", "room": 7, "cid": "c", "body": "x"}',
                                '{"op": "directory"}', '{"op": "conf_links", "room": 7}',
                                '{"op": "set_status", "status": "away"}']):
         await conn._frame(frame.replace('{"op"', f'{{"id": {i}, "op"', 1))
     conn.close(1000, "done")
-    await asyncio.wait_for(writer, 2)
+    await asyncio.wait_for(conn.out.closed(), 2)
     assert [(f["op"], f["code"], f["message"]) for f in ws.sent] == [
         ("error", "forbidden", GUEST_ONLY)] * 5
     assert edge.chat_calls == []  # nothing reached a service

@@ -1,5 +1,5 @@
 """The edge's limits on their own: login lockout and backoff, verification slots, frames,
-requests and connections per client, and the outgoing queue's byte bound."""
+requests and connections per client (the outgoing bounds: test_outgoing.py)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ from cam_edge.limits import (
     RequestLimiter,
     check_frame,
 )
-from cam_edge.outgoing import Outgoing
 
-from camcore import errors, protocol
+from camcore import errors
 from camcore.errors import CamError
 
 
@@ -208,69 +207,3 @@ def test_connection_counts_are_capped_per_address_and_per_user_and_given_back():
     assert counts.open_user(7)
     counts.close_user(9)  # never opened: nothing to give back, and no negative count
     assert counts.open_user(9) and not counts.open_user(9)
-
-
-class StalledSocket:
-    """A client that never reads: every send waits forever after the first."""
-
-    def __init__(self) -> None:
-        self.sent: list[str] = []
-        self.closed: list[int] = []
-        self._never = asyncio.Event()
-
-    async def send_text(self, text: str) -> None:
-        self.sent.append(text)
-        if len(self.sent) > 1:
-            await self._never.wait()
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        self.closed.append(code)
-
-
-async def test_the_outgoing_queue_is_bounded_in_bytes_whatever_its_frame_count():
-    ws = StalledSocket()
-    out = Outgoing(ws, 10_000, 1 << 20)  # type: ignore[arg-type]
-    writer = out.start()
-    frame = "\U0001d11e" * 16_000  # 64 KB of memory each (four bytes per character)
-    pushed = 0
-    while out.close_code is None:
-        out.push(frame)
-        pushed += 1
-        assert out.queued_bytes <= 1 << 20
-        await asyncio.sleep(0)
-    assert out.close_code == protocol.CLOSE_RESUME
-    assert pushed <= 18  # 1 MiB of 64 KB frames, and the two the socket took
-    assert out.queued_bytes == 0  # a client closed as too slow has its queue dropped
-    writer.cancel()
-
-
-async def test_a_replay_waits_for_room_in_bytes_and_resumes_as_the_client_reads():
-    sent: list[str] = []
-    gate = asyncio.Event()
-
-    class SlowSocket:
-        async def send_text(self, text: str) -> None:
-            await gate.wait()
-            sent.append(text)
-
-        async def close(self, code: int = 1000, reason: str = "") -> None:
-            pass
-
-    out = Outgoing(SlowSocket(), 10_000, 1 << 20)  # type: ignore[arg-type]
-    writer = out.start()
-    frame = "x" * 100_000
-    async def replay_all() -> None:
-        for _ in range(20):
-            await out.put(frame)
-
-    replay = asyncio.create_task(replay_all())
-    await asyncio.sleep(0.05)
-    assert not replay.done()
-    assert out.queued_bytes <= (1 << 20) // 2 + len(frame) + 100  # half, for replies
-    out.push("reply")  # a reply still fits
-    gate.set()
-    await asyncio.wait_for(replay, 5)
-    assert out.close_code is None and len(sent) >= 1
-    out.close(protocol.CLOSE_NORMAL, "done")
-    await asyncio.wait_for(writer, 5)
-    assert sent.count(frame) == 20 and "reply" in sent

@@ -211,13 +211,12 @@ async def frames(*texts: str) -> list[dict[str, Any]]:
     ws = FakeWebSocket()
     conn = Connection(ws, FakeEdge(), None)  # type: ignore[arg-type]
     conn.user = User(1, "alice", "Alice", False)
-    writer = conn.out.start()
     with requestid.bound("connection-1"):
         for text in texts:
             await conn._frame(text)
             assert requestid.current.get() == "connection-1"  # the op's id is gone again
     conn.close(1000, "done")
-    await asyncio.wait_for(writer, 2)
+    await asyncio.wait_for(conn.out.closed(), 2)
     return ws.sent
 
 

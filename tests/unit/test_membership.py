@@ -11,6 +11,7 @@ from cam_chat.service import blocked_message, members_over_limit, rooms_rate_mes
 from cam_edge.connection import Connection
 from cam_edge.cursors import Cursor
 from cam_edge.hub import _from_its_publisher, message_frame
+from cam_edge.wsproto import Frame
 
 from camcore import errors, subjects, wire
 from camcore.accounts import User
@@ -103,26 +104,25 @@ def connection(answer: Any) -> tuple[Connection, FakeEdge, FakeWebSocket]:
     return conn, edge, ws
 
 
-def frame(room: int, seq: int) -> str:
+def frame(room: int, seq: int) -> Frame:
     return message_frame(wire.Message(room=room, seq=seq, cid=f"c{seq}", sender=2,
                                       sender_name="bob", kind="text", body="hi", ts=0))
 
 
-async def finish(conn: Connection, writer: asyncio.Task[None]) -> None:
+async def finish(conn: Connection) -> None:
     conn.close(1000, "done")
-    await asyncio.wait_for(writer, 2)
+    await asyncio.wait_for(conn.out.closed(), 2)
 
 
 async def test_room_removed_drops_the_room_once_and_tells_the_client() -> None:
     conn, edge, ws = connection(None)
-    writer = conn.out.start()
     conn.cursors[7] = Cursor(3)
     conn.cursors[8] = Cursor(1)
     conn.on_user_event({"type": "room_removed", "room": 7})
     conn.on_user_event({"type": "room_removed", "room": 7})  # again (the leaver's own)
     conn.offer(7, 4, frame(7, 4))  # a late live message of the room: not delivered
     await eventually(lambda: edge.hub.calls, 2, "the unsubscription")
-    await finish(conn, writer)
+    await finish(conn)
     assert ws.sent == [{"op": "room_removed", "room": 7}]
     assert list(conn.cursors) == [8]
     assert edge.hub.calls == [("leave", 7)]
@@ -130,26 +130,24 @@ async def test_room_removed_drops_the_room_once_and_tells_the_client() -> None:
 
 async def test_a_room_added_again_before_the_unsubscription_stays_subscribed() -> None:
     conn, edge, ws = connection(None)
-    writer = conn.out.start()
     conn.cursors[7] = Cursor(3)
     assert conn.forget_room(7) is True
     conn.cursors[7] = Cursor(9)  # room_added came in between (track)
     await eventually(lambda: len(edge.hub.calls) == 2, 2, "leave and join again")
-    await finish(conn, writer)
+    await finish(conn)
     assert edge.hub.calls == [("leave", 7), ("join", 7)]
 
 
 async def test_a_repair_answered_not_a_member_drops_the_room_instead_of_retrying() -> None:
     """The lost-event fallback: a gap in a room the user no longer belongs to."""
     conn, edge, ws = connection(CamError("not a member", errors.NOT_A_MEMBER))
-    writer = conn.out.start()
     conn.cursors[7] = Cursor(3)
     conn.offer(7, 5, frame(7, 5))  # seq 4 is missing: a repair asks the store
     await eventually(lambda: 7 not in conn.cursors, 2, "the room dropped")
     conn.offer(7, 6, frame(7, 6))  # and nothing more is asked for it
     conn.behind(7, 6)
     await eventually(lambda: edge.hub.calls, 2, "the unsubscription")
-    await finish(conn, writer)
+    await finish(conn)
     assert [op for op, _ in edge.requests] == ["history"]
     assert ws.sent == [{"op": "room_removed", "room": 7}]
     assert edge.hub.calls == [("leave", 7)]
@@ -157,11 +155,10 @@ async def test_a_repair_answered_not_a_member_drops_the_room_instead_of_retrying
 
 async def test_a_repair_that_fails_otherwise_keeps_the_room_for_the_next_try() -> None:
     conn, edge, ws = connection(CamError("no chat replica", errors.UNAVAILABLE))
-    writer = conn.out.start()
     conn.cursors[7] = Cursor(3)
     conn.offer(7, 5, frame(7, 5))
     await eventually(lambda: edge.requests and not conn.cursors[7].repairing, 2,
                      "the failed repair")
-    await finish(conn, writer)
+    await finish(conn)
     assert 7 in conn.cursors and conn.cursors[7].pending
     assert ws.sent == [] and edge.hub.calls == []

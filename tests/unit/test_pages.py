@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Sequence
 
 from cam_edge.cursors import Cursor, repair
+from cam_edge.wsproto import Frame
 
 from camcore import wire
 
@@ -71,14 +72,14 @@ async def test_replay_continues_over_pages_cut_short_by_bytes_until_the_head() -
         page, _ = wire.bounded_page([m for m in store if m.seq > after][:200], 400)
         return page
 
-    frames: list[str] = []
+    frames: list[bytes] = []
 
-    async def put(frame: str) -> None:
-        frames.append(frame)
+    async def put(frame: Frame) -> None:
+        frames.append(frame.data)
 
     cursor = Cursor(0)
     assert cursor.expect(100) and cursor.begin_repair()
-    await repair(1, cursor, history, put, lambda m: str(m.seq), lambda: True)
-    assert frames == [str(s) for s in range(1, 101)]
+    await repair(1, cursor, history, put, lambda m: Frame(b"%d" % m.seq), lambda: True)
+    assert frames == [b"%d" % s for s in range(1, 101)]
     assert len(reads) > 10 and reads == sorted(set(reads))
     assert cursor.last == 100 and not cursor.pending and not cursor.repairing

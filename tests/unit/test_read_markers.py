@@ -18,7 +18,6 @@ from tests.unit.test_membership import connection, finish
 
 async def test_a_read_event_is_forwarded_as_the_read_frame_and_never_backwards() -> None:
     conn, edge, ws = connection(None)
-    writer = conn.out.start()
     conn.cursors[7] = Cursor(3)
     for event in ({"type": "read", "room": 7, "read_seq": 5},
                   {"type": "read", "room": 7, "read_seq": 4},   # published late by a replica
@@ -30,7 +29,7 @@ async def test_a_read_event_is_forwarded_as_the_read_frame_and_never_backwards()
         conn.on_user_event(event)
     conn.forget_room(7)
     conn.on_user_event({"type": "read", "room": 7, "read_seq": 1})  # after it was left
-    await finish(conn, writer)
+    await finish(conn)
     assert ws.sent == [{"op": "read", "room": 7, "read_seq": 5},
                        {"op": "read", "room": 7, "read_seq": 5},
                        {"op": "read", "room": 8, "read_seq": 2},

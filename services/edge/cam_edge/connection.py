@@ -7,7 +7,6 @@ and gap repair (``cursors``), and the ops, one module per subject family (``ops`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import Callable, Coroutine
@@ -28,6 +27,7 @@ from .ops import OPS, Op
 from .ops.conference import Conferences
 from .outgoing import Outgoing
 from .presence import new_session_id
+from .wsproto import Frame
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +102,14 @@ class Connection:
     def close_code(self) -> int | None:
         return self.out.close_code
 
-    def push(self, frame: str) -> None:
+    def push(self, frame: Frame) -> None:
         self.out.push(frame)
 
     def send_json(self, obj: Any) -> None:
-        self.out.push(wire.encode(obj).decode())
+        self.out.push(Frame(wire.encode(obj)))
 
     def close(self, code: int, reason: str) -> None:
-        """Close after what is already queued."""
+        """Close after what was already sent (``Outgoing.close``)."""
         self.out.close(code, reason)
 
     def after_reply(self, callback: Callable[[], None]) -> None:
@@ -119,7 +119,6 @@ class Connection:
     # ------------------------------------------------------------ life
 
     async def run(self) -> None:
-        writer = self.out.start()
         auth_timer = asyncio.get_running_loop().call_later(
             protocol.AUTH_TIMEOUT_SECONDS, self._auth_timeout
         )
@@ -128,22 +127,19 @@ class Connection:
         self.send_json({"op": "hello", "v": PROTOCOL_VERSION, "node": self.edge.settings.node_name,
                         "limits": {"max_frame_bytes": self.edge.settings.max_frame_bytes,
                                    "max_message_chars": self.edge.settings.max_message_chars}})
-        reader = asyncio.create_task(self._read(auth_timer))
         try:
-            # Whichever ends first ends the connection: the client leaving, or our side
-            # closing it (the writer then sent the close frame, or was cut off).
-            await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            # Until the client leaves, or our side closes (the close frame then ends the
+            # reading, as does cutting the connection off).
+            await self._read(auth_timer)
         finally:
             auth_timer.cancel()
-            reader.cancel()
             self.edge.connections.discard(self)
             metrics.closed(self.close_code)  # None: the client went first
             self.close(self.close_code or protocol.CLOSE_NORMAL, self.out.close_reason)
             for task in self._tasks:
                 task.cancel()
             await self._release()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(writer, protocol.SLOW_CLOSE_GRACE + 1)
+            await self.out.closed()
 
     async def _read(self, auth_timer: asyncio.TimerHandle) -> None:
         try:
@@ -288,7 +284,7 @@ class Connection:
                 if cursor is not None and cursor.expect(head):
                     self.start_repair(room)
 
-    def offer(self, room: int, seq: int, frame: str,
+    def offer(self, room: int, seq: int, frame: Frame,
               leaving: frozenset[str] | None = None) -> None:
         """A live event: deliver it now if it is the next one, else hold it for repair.
 
@@ -373,10 +369,10 @@ class Connection:
     def on_conf_event(self, room: int, event: dict[str, Any]) -> None:
         self.confs.on_event(room, event)
 
-    def on_presence(self, user: int, status: str) -> None:
-        self.send_json({"op": "presence", "user": user, "status": status})
+    def on_presence(self, frame: Frame) -> None:
+        self.push(frame)
 
-    def on_typing(self, room: int, user: int, frame: str) -> None:
+    def on_typing(self, room: int, user: int, frame: Frame) -> None:
         if user != self.uid:
             self.push(frame)
 

@@ -16,12 +16,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from camcore import protocol, wire
 from camcore.errors import CamError
 
+from .wsproto import Frame
+
 log = logging.getLogger(__name__)
 
 #: Messages of the room after a seq, in seq order (a page of the store's history).
 History = Callable[[int], Awaitable[Sequence[wire.Message]]]
-#: Queue one replayed frame for the client, at its pace.
-Put = Callable[[str], Awaitable[None]]
+#: Send one replayed frame to the client, at its pace.
+Put = Callable[[Frame], Awaitable[None]]
 
 
 class Verdict(enum.Enum):
@@ -42,12 +44,12 @@ class Cursor:
 
     def __init__(self, last: int) -> None:
         self.last = last
-        #: seq -> frame held for it; "" marks a seq known to be stored but not held.
-        self.pending: dict[int, str] = {}
+        #: seq -> frame held for it; None marks a seq known to be stored but not held.
+        self.pending: dict[int, Frame | None] = {}
         self.repairing = False
         self.seen_head = 0  # the store's head at the previous repair check
 
-    def offer(self, seq: int, frame: str) -> Verdict:
+    def offer(self, seq: int, frame: Frame) -> Verdict:
         if seq <= self.last:
             return Verdict.DUPLICATE
         if seq == self.last + 1 and not self.repairing:
@@ -56,7 +58,7 @@ class Cursor:
         if len(self.pending) >= protocol.PENDING_PER_ROOM:
             # Holding more is pointless: the store has them. Remember only how far to go.
             top = max(seq, *self.pending)
-            self.pending = {top: ""}
+            self.pending = {top: None}
         else:
             self.pending[seq] = frame
         return Verdict.HELD
@@ -65,7 +67,7 @@ class Cursor:
         """``seq`` is stored: deliver everything up to it. False if already delivered."""
         if seq <= self.last:
             return False
-        self.pending.setdefault(seq, "")
+        self.pending.setdefault(seq, None)
         return True
 
     def confirm_head(self, head: int) -> bool:
@@ -90,13 +92,13 @@ class Cursor:
         self.repairing = True
         return True
 
-    def take_ready(self) -> list[str]:
+    def take_ready(self) -> list[Frame]:
         """The held frames next in line, in order; the cursor moves past them.
 
         Held seqs the cursor has already passed are forgotten.
         """
         frames = []
-        while frame := self.pending.get(self.last + 1):
+        while (frame := self.pending.get(self.last + 1)) is not None:
             del self.pending[self.last + 1]
             frames.append(frame)
             self.last += 1
@@ -124,7 +126,7 @@ class Cursor:
 
 
 async def repair(room: int, cursor: Cursor, history: History, put: Put,
-                 frame: Callable[[wire.Message], str], is_open: Callable[[], bool]) -> None:
+                 frame: Callable[[wire.Message], Frame], is_open: Callable[[], bool]) -> None:
     """Deliver, in order, everything up to the highest pending seq: held frames where
     the live stream brought them, pages of ``history`` where it did not.
 

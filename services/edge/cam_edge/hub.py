@@ -2,8 +2,8 @@
 
 The edge subscribes to a room's subject only while it holds a connection of a member
 of that room, and to a user's subject only while that user is connected here. Each
-bus message is decoded and re-encoded for clients once, then offered to every local
-connection that wants it.
+bus message is decoded and re-encoded for clients once, as one WebSocket frame
+(``wsproto.Frame``), then offered to every local connection that wants it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from camcore import requestid, subjects, wire
+
+from .wsproto import Frame
 
 log = logging.getLogger(__name__)
 
@@ -49,35 +51,27 @@ def leaving(msg: wire.Message) -> frozenset[str] | None:
 
 
 class Listener(Protocol):
-    def offer(self, room: int, seq: int, frame: str,
+    def offer(self, room: int, seq: int, frame: Frame,
               leaving: frozenset[str] | None = None) -> None: ...
 
     def behind(self, room: int, head: int) -> None: ...
 
-    def on_typing(self, room: int, user: int, frame: str) -> None: ...
+    def on_typing(self, room: int, user: int, frame: Frame) -> None: ...
 
     def on_conf_event(self, room: int, event: dict[str, object]) -> None: ...
 
     def on_user_event(self, event: dict[str, object]) -> None: ...
 
 
-class MessageFrame(str):
-    """The client frame of a stored message, with the message's commit time (``ts``, ms
-    since the epoch): the outgoing queue times its delivery (``cam_edge.metrics``)."""
-
-    ts: int
-
-
-def message_frame(msg: wire.Message) -> MessageFrame:
-    """The client frame of a stored message (docs/protocol.md, ``message``)."""
+def message_frame(msg: wire.Message) -> Frame:
+    """The client frame of a stored message (docs/protocol.md, ``message``), with the
+    message's commit time: its delivery is counted and timed (``cam_edge.metrics``)."""
     frame = {"op": "message", "room": msg.room, "seq": msg.seq, "cid": msg.cid,
              "sender": msg.sender, "sender_name": msg.sender_name, "kind": msg.kind,
              "body": msg.body, "ts": msg.ts}
     if msg.file is not None:
         frame["file"] = msg.file
-    text = MessageFrame(wire.encode(frame).decode())
-    text.ts = msg.ts
-    return text
+    return Frame(wire.encode(frame), msg.ts)
 
 
 class _Interest:
@@ -197,8 +191,8 @@ class Hub:
         interest = self._rooms.get(room)
         if interest is None:
             return
-        frame = wire.encode({"op": "typing", "room": room, "user": user,
-                             "user_name": str(event.get("user_name", ""))}).decode()
+        frame = Frame(wire.encode({"op": "typing", "room": room, "user": user,
+                                   "user_name": str(event.get("user_name", ""))}))
         for listener in list(interest.listeners):
             listener.on_typing(room, user, frame)
 

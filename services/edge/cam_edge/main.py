@@ -25,6 +25,7 @@ from camcore.runtime import load_or_exit, setup_logging
 
 from .app import create_app
 from .limits import MAX_HEADER_BYTES, header_guarded_h11
+from .wsproto import EdgeWebSocketProtocol
 
 log = logging.getLogger("cam_edge")
 
@@ -81,7 +82,8 @@ def main() -> None:
                                 settings.http_max_pending_connections),
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         timeout_keep_alive=settings.http_keep_alive,
-        ws="websockets",
+        # uvicorn's sans-I/O WebSocket protocol, and a FrameSocket for the write path.
+        ws=EdgeWebSocketProtocol,
         ws_max_size=settings.max_frame_bytes,
         ws_per_message_deflate=settings.ws_compression,
         ws_ping_interval=settings.ws_ping_interval or None,

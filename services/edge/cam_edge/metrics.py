@@ -29,6 +29,7 @@ from camcore.metrics import LATENCY_BUCKETS, LoopCounter, LoopHistogram
 if TYPE_CHECKING:
     from .context import Edge
     from .probe import SelfProbe
+    from .wsproto import Frame
 
 DELIVERIES: dict[bool, LoopCounter] = {True: LoopCounter(), False: LoopCounter()}
 """Message frames written to clients' sockets: live (True) or replayed (False)."""
@@ -41,11 +42,15 @@ CLOSED: dict[str, LoopCounter] = {}
 KINDS = ("member", "guest", "probe", "unauthenticated")
 
 
-def delivered(ts_ms: int, live: bool) -> None:
-    """A message frame committed at ``ts_ms`` was written to a client's socket."""
-    DELIVERIES[live].inc()
-    if live:
-        LATENCY.observe(max(0.0, time.time() - ts_ms / 1000))
+def delivered(frames: list[Frame], live: bool) -> None:
+    """These frames were written to a client's socket: count and time the messages."""
+    now = time.time()
+    counter = DELIVERIES[live]
+    for frame in frames:
+        if frame.ts is not None:
+            counter.inc()
+            if live:
+                LATENCY.observe(max(0.0, now - frame.ts / 1000))
 
 
 def opened() -> None:

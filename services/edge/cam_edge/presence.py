@@ -30,6 +30,8 @@ from nats.aio.subscription import Subscription
 from camcore import bus, errors, requestid, subjects, wire
 from camcore.errors import CamError
 
+from .wsproto import Frame
+
 log = logging.getLogger(__name__)
 
 _state_decoder = msgspec.json.Decoder(wire.PresenceState)
@@ -155,7 +157,7 @@ class PresenceAgent:
 
 
 class Watcher(Protocol):
-    def on_presence(self, user: int, status: str) -> None: ...
+    def on_presence(self, frame: Frame) -> None: ...
 
 
 class _Watched:
@@ -184,9 +186,11 @@ class PresenceWatch:
             return
         changed = status != watched.status
         watched.status, watched.version = status, version
-        if changed:
+        if changed and watched.watchers:
+            # One frame for every watcher (wsproto: encode once, write many).
+            frame = Frame(wire.encode({"op": "presence", "user": user, "status": status}))
             for w in list(watched.watchers):
-                w.on_presence(user, status)
+                w.on_presence(frame)
 
     async def _on_event(self, msg: Msg) -> None:
         try:
