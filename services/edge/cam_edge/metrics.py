@@ -2,8 +2,8 @@
 the self-probe. ``GET /metrics`` serves them (``camcore.metrics``), with the bus, pool
 and process metrics every process has.
 
-A delivery is a message frame taken by a client's socket. It is live when it was queued
-as its bus event came, and then timed from the message's commit (the ``ts`` the chat
+A delivery is a message frame written to a client's socket. It is live when it was
+pushed as its bus event came, and then timed from the message's commit (the ``ts`` the chat
 service stored) to the write: clocks of two hosts may differ by their NTP error. A
 replayed one (resume, ``subscribe``, gap repair) is counted, not timed: it may be hours
 old on purpose. These are counted on the delivery path, once per frame and client, so
@@ -108,10 +108,11 @@ class EdgeGauges(Collector):
         for code, counter in sorted(CLOSED.items()):
             closes.add_metric([code], counter.value)
         yield closes
-        yield GaugeMetricFamily("cam_edge_outgoing_queued_frames", "Frames queued for all "
-                                "clients and not yet taken by their sockets.", frames)
-        yield GaugeMetricFamily("cam_edge_outgoing_queued_bytes", "Memory of those frames, in "
-                                "bytes (bounded per client by cam.outgoingQueueBytes).",
+        yield GaugeMetricFamily("cam_edge_outgoing_queued_frames", "Frames for all clients "
+                                "not yet taken by them (in their sockets' write buffers, or "
+                                "still to be written this loop turn).", frames)
+        yield GaugeMetricFamily("cam_edge_outgoing_queued_bytes", "Bytes of those frames "
+                                "(bounded per client by cam.outgoingQueueBytes).",
                                 queued_bytes)
         yield GaugeMetricFamily("cam_edge_outgoing_queue_max_frames", "Frames queued for the "
                                 "client furthest behind (cam.outgoingQueueFrames closes it).",
