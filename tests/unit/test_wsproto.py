@@ -21,6 +21,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from camcore import protocol
+from tests.waiting import eventually
 
 Handler = Callable[[WebSocket, Outgoing], Awaitable[None]]
 
@@ -44,8 +45,7 @@ async def server(handler: Handler, *, deflate: bool, max_bytes: int = 1 << 20
                             ws_ping_interval=None, lifespan="off", log_config=None)
     srv = uvicorn.Server(config)
     task = asyncio.create_task(srv.serve())
-    while not srv.started:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: srv.started, 10, "uvicorn to listen")
     port = srv.servers[0].sockets[0].getsockname()[1]
     try:
         yield f"ws://127.0.0.1:{port}/ws", outs
@@ -111,8 +111,7 @@ async def test_a_client_that_stops_reading_is_closed_4001_within_the_byte_bound(
     async with server(handler, deflate=False, max_bytes=bound) as (url, outs):
         async with connect(url, compression=None, max_size=1 << 24, max_queue=1) as client:
             client.transport.pause_reading()  # takes nothing: the kernel buffers fill
-            while not outs or not outs[0].closing:
-                await asyncio.sleep(0.01)
+            await eventually(lambda: outs and outs[0].closing, 30, "the close as too slow")
             assert outs[0].close_code == protocol.CLOSE_RESUME
             assert peak <= bound
             client.transport.resume_reading()
