@@ -195,6 +195,30 @@ def test_requests_per_connection_are_limited_each_on_its_own_with_a_retry_hint()
     limiter.hit("a")
 
 
+def test_the_request_window_slides_the_previous_windows_requests_out_gradually(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]  # the start of a 10 s window
+    monkeypatch.setattr("cam_edge.limits.time.monotonic", lambda: clock[0])
+    limiter = RequestLimiter(10, 10)
+    for _ in range(10):
+        limiter.hit("a")
+    clock[0] = 1009.0
+    with pytest.raises(RateLimited) as full:
+        limiter.hit("a")
+    assert full.value.retry_after == pytest.approx(2.0)  # at 1011, a tenth has slid out
+    clock[0] = 1012.5  # 25 % into the next window: 7.5 of the 10 still count
+    for _ in range(2):
+        limiter.hit("a")
+    with pytest.raises(RateLimited) as decaying:
+        limiter.hit("a")  # 7.5 + 2 + 1 > 10
+    assert decaying.value.retry_after == pytest.approx(0.5)  # at 30 %, 7 + 2 + 1 fit
+    clock[0] = 1013.0
+    limiter.hit("a")
+    clock[0] = 1035.0  # two windows later: nothing counts any more
+    for _ in range(10):
+        limiter.hit("a")
+
+
 def test_connection_counts_are_capped_per_address_and_per_user_and_given_back():
     counts = ConnectionCounts(per_address=2, per_user=1)
     assert counts.open_address("192.0.2.1") and counts.open_address("192.0.2.1")

@@ -8,7 +8,7 @@
 - ``header_guarded_h11``: uvicorn's h11 protocol with a deadline for the request head
   and a bound on connections still waiting for theirs (uvicorn has neither).
 - ``check_frame``: nesting depth and NUL characters of a decoded WebSocket frame.
-- ``RequestLimiter``: requests per WebSocket in a sliding window (``limits`` again).
+- ``RequestLimiter``: requests per WebSocket in a sliding window counter.
 - ``ConnectionCounts``: open WebSockets per user and per client address on this edge.
 
 REST refusals (``HttpRefusal``) use the codes of the one error table, camcore/errors.py,
@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Final
 import h11
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
+from limits.strategies import MovingWindowRateLimiter
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from camcore import errors, wire
@@ -165,26 +165,66 @@ class RateLimited(CamError):
         self.retry_after = retry_after
 
 
+class _Window:
+    """One connection's counts: requests in the current fixed window, and in the one
+    before it."""
+
+    __slots__ = ("count", "index", "previous")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.count = 0
+        self.previous = 0
+
+
 class RequestLimiter:
-    """Requests per WebSocket: ``limit`` in any ``window`` seconds (a sliding window
-    counter: two counters per active connection, whatever the limit)."""
+    """Requests per WebSocket: ``limit`` in any ``window`` seconds.
+
+    A sliding window counter, the algorithm of the ``limits`` library's
+    ``SlidingWindowCounterRateLimiter``: the count of the current fixed window plus the
+    previous window's, weighted by the share of it the sliding window still covers. Two
+    numbers per connection, kept here rather than in ``limits``' in-memory storage: that
+    storage expires its keys from a thread that wakes every 10 ms while keys change and
+    scans every key under the GIL, which with thousands of connections takes an edge's
+    CPU and delays its deliveries (docs/benchmarks.md). A closed connection's counts go
+    with ``forget``.
+    """
 
     def __init__(self, limit: int, window: int) -> None:
-        self._limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
-        self._item = RateLimitItemPerSecond(limit, window)
+        self.limit = limit
+        self.window = window
+        self._windows: dict[str, _Window] = {}
 
     def hit(self, key: str) -> None:
         """Count one request of connection ``key``; RateLimited when it is one too many."""
-        if self._limiter.hit(self._item, "ws", key):
+        now = time.monotonic()
+        index = int(now // self.window)
+        counts = self._windows.get(key)
+        if counts is None:
+            counts = self._windows[key] = _Window(index)
+        elif counts.index != index:
+            counts.previous = counts.count if index == counts.index + 1 else 0
+            counts.count, counts.index = 0, index
+        elapsed = now - index * self.window
+        weight = 1 - elapsed / self.window
+        if counts.previous * weight + counts.count + 1 <= self.limit:
+            counts.count += 1
             return
-        stats = self._limiter.get_window_stats(self._item, "ws", key)
-        wait = max(0.1, stats.reset_time - time.time())
-        raise RateLimited(f"more than {self._item.amount} requests in "
-                          f"{self._item.multiples} s; retry in {wait:.1f} s",
-                          round(wait, 1))
+        wait = max(0.1, self._wait(counts, elapsed))
+        raise RateLimited(f"more than {self.limit} requests in {self.window} s; "
+                          f"retry in {wait:.1f} s", round(wait, 1))
+
+    def _wait(self, counts: _Window, elapsed: float) -> float:
+        """Seconds until one more request fits."""
+        room = self.limit - 1 - counts.count
+        if room >= 0 and counts.previous:  # later in this window, as the previous decays
+            return self.window * (1 - room / counts.previous) - elapsed
+        # In the next window, once enough of this one has slid out.
+        decay = self.window * (1 - (self.limit - 1) / counts.count) if counts.count else 0.0
+        return self.window - elapsed + max(0.0, decay)
 
     def forget(self, key: str) -> None:
-        self._limiter.clear(self._item, "ws", key)
+        self._windows.pop(key, None)
 
 
 class ConnectionCounts:
