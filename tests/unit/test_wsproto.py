@@ -120,3 +120,23 @@ async def test_a_client_that_stops_reading_is_closed_4001_within_the_byte_bound(
                     await client.recv()
             assert closed.value.rcvd is not None
             assert closed.value.rcvd.code == protocol.CLOSE_RESUME
+
+
+async def test_pings_are_answered_while_an_op_waits_and_the_next_frame_is_in() -> None:
+    busy = asyncio.Event()
+
+    async def handler(ws: WebSocket, out: Outgoing) -> None:
+        await ws.receive()  # the first op, which then waits (a database outage, say)
+        busy.set()
+        await asyncio.sleep(3)
+        while (await ws.receive())["type"] != "websocket.disconnect":
+            pass
+
+    async with server(handler, deflate=False) as (url, _):
+        async with connect(url, compression=None, ping_interval=None) as client:
+            await client.send("op 1")
+            await asyncio.wait_for(busy.wait(), 5)
+            await client.send("op 2")  # read ahead, not yet taken by the application
+            await asyncio.sleep(0.1)
+            latency = await asyncio.wait_for(await client.ping(), 2)  # answered meanwhile
+            assert latency >= 0

@@ -43,6 +43,32 @@ _POLL = 0.01
 """Seconds between looks at a backlog that is short in bytes but long in frames."""
 
 
+_dirty: list[Outgoing] = []
+"""Clients pushed to during this turn of the loop: one callback writes to them all."""
+_dirty_loop: list[asyncio.AbstractEventLoop | None] = [None]
+"""The loop that runs that callback (None: none scheduled)."""
+
+
+def _to_flush(out: Outgoing) -> None:
+    loop = asyncio.get_running_loop()
+    if _dirty_loop[0] is not loop:  # the first push of this turn
+        _dirty.clear()  # only ever left over by a loop that was closed meanwhile
+        _dirty_loop[0] = loop
+        loop.call_soon(_flush_all)
+    _dirty.append(out)
+
+
+def _flush_all() -> None:
+    dirty = _dirty[:]
+    _dirty.clear()
+    _dirty_loop[0] = None
+    for out in dirty:
+        try:
+            out._flush()
+        except Exception:  # one broken socket must not hold back the others
+            log.exception("writing to a client failed")
+
+
 class Outgoing:
     __slots__ = ("_abort_timer", "_closer", "_ends", "_frames", "_max_bytes", "_max_frames",
                  "_pending", "_pending_bytes", "_scheduled", "_socket", "_written", "_ws",
@@ -114,7 +140,7 @@ class Outgoing:
         self._pending_bytes += size
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            _to_flush(self)
 
     def _flush(self) -> None:
         self._scheduled = False
