@@ -18,22 +18,37 @@ import argparse
 import asyncio
 import os
 import resource
+import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
 
 from . import profiling
-from .common import BenchCluster, CpuMeter, rss_bytes, scenario_parser, versions, write_report
+from .common import (
+    RESULTS,
+    BenchCluster,
+    CpuMeter,
+    rss_bytes,
+    scenario_parser,
+    versions,
+    write_report,
+)
 from .loadgen import close_all, connect_many, run
 
 TARGET_KIB = 30.0
 WARM = 100
 
 
-async def measure(args: argparse.Namespace, edge_module: str | None, profile: bool) -> dict[str, Any]:
+async def measure(args: argparse.Namespace, edge_module: str | None, profile: bool,
+                  sites: Path | None = None) -> dict[str, Any]:
+    """One run; with ``sites``, the edge runs under tracemalloc (bench.edge_memtrace) and
+    writes there where the memory of the connections went."""
     n = args.connections
-    cluster = await BenchCluster(edges=1, chat=1, presence=1, edge_module=edge_module).start()
+    env = {"CAM_MEMTRACE_OUT": str(sites)} if sites else None
+    cluster = await BenchCluster(edges=1, chat=1, presence=1, edge_module=edge_module,
+                                 extra_env=env).start()
     prof: dict[str, Any] = {}
     try:
         cluster.pin()
@@ -44,6 +59,8 @@ async def measure(args: argparse.Namespace, edge_module: str | None, profile: bo
         url = cluster.ws("camserver1")
         warm = await connect_many([url] * WARM, [t for _, t in users[:WARM]])
         await asyncio.sleep(2)
+        if sites:
+            os.kill(pid, signal.SIGUSR2)  # the baseline
         before = rss_bytes(pid)
         lg_before = rss_bytes(os.getpid())
         meter = CpuMeter({"edge": pid, "chat": cluster.pids()["chat1"],
@@ -59,6 +76,8 @@ async def measure(args: argparse.Namespace, edge_module: str | None, profile: bo
         await asyncio.sleep(args.idle_seconds)
         after = rss_bytes(pid)
         lg_after = rss_bytes(os.getpid())
+        if sites:
+            await asyncio.to_thread(dump_sites, pid, sites)
         alive = sum(1 for c in clients if c.close_code is None)
         await close_all(clients + warm)
     finally:
@@ -81,6 +100,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     n = args.connections
     ours = await measure(args, None, args.profile)
     what_if = await measure(args, "bench.edge_nodeflate", False) if args.what_if else None
+    sites = RESULTS / "connections-memory-sites.txt" if args.memory_sites else None
+    traced = await measure(args, "bench.edge_memtrace", False, sites) if sites else None
     per_kib = ours["per_connection_kib"]
     result = {
         "machine": versions(),
@@ -111,10 +132,40 @@ Open-files limit: {ours["rlimit_nofile"][0]} (load generator and edge, raised wi
 Profile of the edge while connecting:
 
 {profiling.markdown(ours["profile"]) if ours["profile"] else "(not taken)"}
-"""
+{memory_sites(sites, n) if sites and traced else ""}"""
     write_report("connections", result, md)
     print(md)
     return result
+
+
+def dump_sites(pid: int, path: Path) -> None:
+    """Have the traced edge write its allocation sites to ``path``, and wait for them."""
+    path.unlink(missing_ok=True)
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 900  # a snapshot of every traced block takes a while
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def memory_sites(path: Path, n: int) -> str:
+    """The biggest allocation sites of the traced run, per connection."""
+    rows: list[str] = []
+    for line in path.read_text().splitlines():
+        if line.startswith("## ") and rows:
+            break  # the first table only: by line
+        parts = line.split()
+        if len(parts) >= 5 and parts[1] == "B":
+            rows.append(f"| `{parts[4]}` | {int(parts[0]) / n:.0f} B |")
+    table = "\n".join(rows[:25])
+    return f"""
+Where the memory of a connection goes (a third run, of the edge under tracemalloc:
+`bench/edge_memtrace.py`; Python allocations grown over the {n} connections, per
+connection, biggest first; raw in `bench/results/{path.name}`):
+
+| allocated at | per connection |
+|---|---|
+{table}
+"""
 
 
 def main() -> None:
@@ -123,6 +174,8 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=5.0)
     parser.add_argument("--no-what-if", dest="what_if", action="store_false",
                         help="skip the extra run of the edge with permessage-deflate off")
+    parser.add_argument("--memory-sites", action="store_true",
+                        help="a third run under tracemalloc: where the memory goes")
     args = parser.parse_args()
     if args.quick:
         args.connections, args.idle_seconds = 1000, 2.0
