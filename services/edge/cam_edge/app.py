@@ -95,7 +95,7 @@ def create_app(settings: Settings, *, web_dir: Path = WEB_DIR) -> Starlette:
         async def on_reconnect() -> None:
             # Anything may have happened while we were away: re-register and re-read.
             if "edge" in state:
-                state["edge"].presence.request_sync()
+                state["edge"].presence.request_sync(abandon=True)
                 with contextlib.suppress(CamError):
                     await state["edge"].watch.refresh()
 
@@ -107,7 +107,8 @@ def create_app(settings: Settings, *, web_dir: Path = WEB_DIR) -> Starlette:
             await pool.close()
             raise
         edge = Edge(settings=settings, nc=nc, pool=pool, hub=Hub(nc),
-                    presence=PresenceAgent(nc, settings.node_name, settings.heartbeat_interval),
+                    presence=PresenceAgent(nc, settings.node_name, settings.heartbeat_interval,
+                                            settings.node_timeout),
                     watch=PresenceWatch(nc, settings.node_timeout,
                                         max_users=settings.watch_per_edge),
                     requests=RequestLimiter(settings.request_rate_limit,

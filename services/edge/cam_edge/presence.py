@@ -44,11 +44,20 @@ def new_session_id() -> int:
 
 
 class PresenceAgent:
-    def __init__(self, nc: NATS, node: str, interval: float) -> None:
+    """Registers this node's sessions with the presence service (see the module docstring).
+
+    A request is given up after ``node_timeout / 2`` (at most 5 s), and at once when the
+    bus reconnects: a request sent before a disconnect may be lost, and waiting for it
+    longer than the node timeout would let the sweeper take every local user offline
+    while they are still here.
+    """
+
+    def __init__(self, nc: NATS, node: str, interval: float, node_timeout: float) -> None:
         self.nc = nc
         self.node = node
         self.boot_id = uuid.uuid4().hex
         self.interval = interval
+        self.timeout = min(5.0, node_timeout / 2)
         self.sessions: dict[int, int] = {}
         self._digest = 0
         self._added: dict[int, int] = {}
@@ -57,6 +66,7 @@ class PresenceAgent:
         self._wake = asyncio.Event()
         self._stopped = False
         self._loop_task: asyncio.Task[None] | None = None
+        self._step_task: asyncio.Task[None] | None = None
 
     def add(self, session: int, user: int) -> None:
         self.sessions[session] = user
@@ -72,13 +82,17 @@ class PresenceAgent:
             self._removed.add(session)
         self._wake.set()
 
-    def request_sync(self) -> None:
+    def request_sync(self, *, abandon: bool = False) -> None:
+        """Send the full list next; ``abandon`` also drops a request in flight (the bus
+        reconnected, so its reply may never come)."""
         self._needs_sync = True
         self._wake.set()
+        if abandon and self._step_task is not None and not self._step_task.done():
+            self._step_task.cancel()
 
     async def _call(self, op: str, request: msgspec.Struct) -> dict[str, Any]:
         return await bus.call(self.nc, subjects.presence_rpc(op), request,
-                              timeout=5)
+                              timeout=self.timeout)
 
     async def _step(self) -> None:
         ident = {"node": self.node, "boot_id": self.boot_id}
@@ -128,8 +142,16 @@ class PresenceAgent:
             self._wake.clear()
             if self._stopped:
                 break
+            self._step_task = asyncio.ensure_future(self._step())
             try:
-                await self._step()
+                await self._step_task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    self._step_task.cancel()
+                    raise
+                # Abandoned after a reconnect: ``_step`` has asked for a full sync.
+                continue
             except CamError as exc:
                 log.debug("presence: %s", exc.message)
                 await asyncio.sleep(min(self.interval, 0.5))
