@@ -117,3 +117,24 @@ async def test_a_stopped_replica_leaves_no_send_waiting(pool: asyncpg.Pool,
     done = await asyncio.wait_for(asyncio.gather(*posts, return_exceptions=True), 10)
     assert all(isinstance(d, (Stored, asyncio.CancelledError)) for d in done), done
     assert any(isinstance(d, asyncio.CancelledError) for d in done)
+
+
+async def test_two_replicas_sending_the_same_cids_at_once_store_each_once(
+        pool: asyncpg.Pool) -> None:
+    """Two replicas' batches hold the same cids (a client's retry reached both): each
+    is stored once, both answers name the same row, and the rooms stay gap-free."""
+    rooms, users, _ = await setup(pool, rooms=3, senders=2)
+    replicas = (GroupCommit(pool), GroupCommit(pool))
+    plan = [(rooms[n % 3], users[n % 2], f"race-{n}") for n in range(90)]
+    answers = await asyncio.gather(*(
+        replica.post(room, sender, cid, "text", f"body {cid}")
+        for room, sender, cid in plan for replica in replicas))
+    for first, second in zip(answers[0::2], answers[1::2], strict=True):
+        assert first is not None and second is not None
+        assert first.seq == second.seq and first.created_at == second.created_at
+        assert sorted((first.duplicate, second.duplicate)) == [False, True]
+    for room in rooms:
+        seqs = [r["seq"] for r in await pool.fetch(
+            "SELECT seq FROM messages WHERE room_id = $1 ORDER BY seq", room)]
+        assert seqs == list(range(1, 31))
+    assert sum(r.batches for r in replicas) < len(plan)  # they did share commits

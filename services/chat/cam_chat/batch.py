@@ -1,19 +1,19 @@
 """Group commit: sends that arrive together are stored in one transaction.
 
-Each send still runs ``cam_post_message`` (membership check, the room's seq bump, the
-insert, the idempotency check on ``(room, sender, cid)``), but all the sends waiting
-when a commit starts share one statement and one commit, so they share one WAL flush:
-the cost that bounds acknowledged sends per second. While a batch commits, the next one
-gathers (and, with :data:`FLUSHERS` at 2, runs its statement). Nothing waits on purpose:
-a lone send is committed at once, as before.
+All the sends waiting when a commit starts go to PostgreSQL as one call of
+``cam_post_messages`` (migration 0010): one statement, one transaction, one WAL flush,
+which is the cost that bounds acknowledged sends per second. It locks the batch's rooms,
+then finds the cids already stored, checks membership, bumps each room's seq once and
+inserts every row, set-based, with no subtransaction per row. While a batch commits,
+the next one gathers (and, with :data:`FLUSHERS` at 2, runs its statement). Nothing waits
+on purpose: a lone send is committed at once, as before.
 
-- **Gap-free and ordered.** The rows of a batch are taken in room order, and within a
-  room in arrival order, so a room's seqs follow the order its sends arrived, and every
-  batch (of every replica) locks rooms in ascending order: two batches cannot deadlock
-  on each other. A rollback undoes every seq bump of the batch with it.
-- **Idempotent.** A cid sent twice, in one batch or in two, is stored once:
-  ``cam_post_message`` finds the first one (in the batch, the earlier row is visible to
-  the later one, in the same transaction).
+- **Gap-free and ordered.** Within a room, seqs follow the order the sends arrived in;
+  every batch (of every replica) locks its rooms in ascending order, so two batches
+  cannot deadlock on each other. A rollback undoes every seq bump of the batch with it.
+- **Idempotent.** A cid sent twice in one batch is sent to the database once, and the
+  later send gets the earlier one's row as a duplicate; a cid stored before, by any
+  replica, is found after the room lock, so it is never inserted twice.
 - **One bad send fails alone.** If the statement fails for any other reason than an
   unavailable database, each send of the batch is tried again on its own, so only the
   send that caused it gets the error. An unavailable database fails the whole batch:
@@ -48,13 +48,8 @@ BATCH_ROWS: Final = Histogram(
     "cam_chat_commit_batch_rows", "Sends committed together in one transaction (group "
     "commit).", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 
-_POST_MANY: Final = """
-SELECT p.seq, p.created_at, p.duplicate
-  FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[])
-       WITH ORDINALITY AS t(room, sender, cid, kind, body, i)
-  LEFT JOIN LATERAL cam_post_message(t.room, t.sender, t.cid, t.kind, t.body) p ON true
- ORDER BY t.i
-"""
+_POST_MANY: Final = ("SELECT i, seq, created_at, duplicate"
+                     " FROM cam_post_messages($1, $2, $3, $4, $5) ORDER BY i")
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,31 +131,43 @@ class GroupCommit:
                 raise
 
     async def _commit(self, batch: list[_Send]) -> None:
-        rows = sorted(batch, key=lambda s: s.room)  # stable: arrival order within a room
+        # One row per (room, sender, cid): a repeat within the batch is answered below.
+        first: dict[tuple[int, int, str], int] = {}
+        rows: list[_Send] = []
+        for send in batch:
+            if first.setdefault((send.room, send.sender, send.cid), len(rows)) == len(rows):
+                rows.append(send)
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                found = await conn.fetch(
-                    _POST_MANY, [s.room for s in rows], [s.sender for s in rows],
-                    [s.cid for s in rows], [s.kind for s in rows], [s.body for s in rows])
+            # One statement on its own is its own transaction: a single round trip.
+            found = await self._pool.fetch(
+                _POST_MANY, [s.room for s in rows], [s.sender for s in rows],
+                [s.cid for s in rows], [s.kind for s in rows], [s.body for s in rows])
         except db.UNAVAILABLE_ERRORS as exc:
-            _fail(rows, exc)
+            _fail(batch, exc)
             return
         except asyncpg.PostgresError as exc:
-            if len(rows) == 1:
-                _fail(rows, exc)
+            if len(batch) == 1:
+                _fail(batch, exc)
                 return
             log.info("a batch of %d sends failed (%s); each is tried on its own",
-                     len(rows), exc)
-            for send in rows:
+                     len(batch), exc)
+            for send in batch:
                 await self._commit([send])
             return
         self.batches += 1
-        self.rows += len(rows)
-        BATCH_ROWS.observe(len(rows))
-        for send, row in zip(rows, found, strict=True):
+        self.rows += len(batch)
+        BATCH_ROWS.observe(len(batch))
+        stored: list[Stored | None] = [None] * len(rows)
+        for r in found:
+            if r["seq"] is not None:
+                stored[r["i"] - 1] = Stored(r["seq"], r["created_at"], r["duplicate"])
+        for send in batch:
+            i = first[(send.room, send.sender, send.cid)]
+            answer = stored[i]
+            if answer is not None and send is not rows[i]:
+                answer = Stored(answer.seq, answer.created_at, duplicate=True)
             if not send.done.done():
-                send.done.set_result(None if row["seq"] is None else Stored(
-                    row["seq"], row["created_at"], row["duplicate"]))
+                send.done.set_result(answer)
 
 
 def _fail(rows: list[_Send], exc: BaseException | None) -> None:
