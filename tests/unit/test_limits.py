@@ -183,16 +183,28 @@ async def test_a_body_that_stops_arriving_gets_408_after_the_timeout():
 # ---------------------------------------------------------------- WebSockets
 
 
-def test_requests_per_connection_are_limited_each_on_its_own_with_a_retry_hint():
+def test_requests_per_connection_are_limited_each_on_its_own_with_a_retry_hint(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]  # the start of a 10 s window
+    monkeypatch.setattr("cam_edge.limits.time.monotonic", lambda: clock[0])
     limiter = RequestLimiter(5, 10)
     for _ in range(5):
         limiter.hit("a")
     with pytest.raises(RateLimited) as exc:
         limiter.hit("a")
-    assert exc.value.code == "rate_limited" and 0 < exc.value.retry_after <= 10
-    limiter.hit("b")  # another connection has its own budget
-    limiter.forget("a")  # a closed connection's count goes
+    # The counter is conservative: five at a window's start still weigh 4 of 5 two
+    # seconds into the next window, so the hint is 12 s, not 10 (and it is exact).
+    assert exc.value.code == "rate_limited" and exc.value.retry_after == pytest.approx(12.0)
+    clock[0] = 1011.9
+    with pytest.raises(RateLimited):
+        limiter.hit("a")
+    clock[0] = 1012.0
     limiter.hit("a")
+    limiter.hit("b")  # another connection has its own budget
+    for _ in range(4):
+        limiter.hit("b")
+    limiter.forget("b")  # a closed connection's count goes
+    limiter.hit("b")
 
 
 def test_the_request_window_slides_the_previous_windows_requests_out_gradually(
