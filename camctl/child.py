@@ -14,8 +14,6 @@ that no value (database URLs, keys) needs quoting for supervisord's parser.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import os
 import pwd
@@ -24,14 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-PR_SET_PDEATHSIG = 1
-
-
-def set_parent_death_signal(sig: int) -> None:
-    """Have the kernel send ``sig`` to this process when its parent exits."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+from camcore.runtime import set_parent_death_signal
 
 
 def drop_to(user: str) -> None:
