@@ -233,6 +233,14 @@ def _int_range(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def _workers(raw: str) -> int:
+    if raw.lower() == "auto":
+        return max(1, min(64, len(os.sched_getaffinity(0))))
+    if not _INT.match(raw) or not 1 <= int(raw) <= 64:
+        raise _Invalid("auto, or an integer from 1 to 64")
+    return int(raw)
+
+
 def _float_range(low: float, high: float) -> Callable[[str], float]:
     def parse(raw: str) -> float:
         value = float(raw) if _FLOAT.match(raw) else math.nan
@@ -996,6 +1004,20 @@ KEYS: Final[tuple[ConfigKey, ...]] = (
         parse=_int_range(1, 100_000),
     ),
     ConfigKey(
+        ini="cam.edgeWorkers",
+        env="CAM_EDGE_WORKERS",
+        field="edge_workers",
+        default="1",
+        description="Edge worker processes on cam.httpPort, each with its own socket on the "
+        "port (SO_REUSEPORT), so an edge host uses that many cores; auto: one per CPU "
+        "this process may run on.",
+        parse=_workers,
+        format=str,
+        note="With several, the per-address and per-user connection caps and the login "
+        "lockout thresholds are shared out between the workers (docs/architecture.md, "
+        "\"Edge workers\").",
+    ),
+    ConfigKey(
         ini="cam.maxConnectionsPerAddress",
         env="CAM_MAX_CONNECTIONS_PER_ADDRESS",
         field="max_connections_per_address",
@@ -1373,6 +1395,7 @@ class Settings:
     probe_interval: float
     outgoing_queue_bytes: int
     max_connections_per_user: int
+    edge_workers: int
     max_connections_per_address: int
     request_rate_limit: int
     request_rate_window: int

@@ -233,8 +233,12 @@ def authorized(authorization: str | None, token: str) -> bool:
 
 def exposition(registry: CollectorRegistry = REGISTRY) -> Response:
     """The answer to an authorized ``GET /metrics``."""
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST,
-                    headers={"cache-control": "no-store"})
+    return exposition_of(generate_latest(registry))
+
+
+def exposition_of(text: bytes) -> Response:
+    """An authorized ``GET /metrics`` answered with ``text`` (the exposition format)."""
+    return Response(text, media_type=CONTENT_TYPE_LATEST, headers={"cache-control": "no-store"})
 
 
 REFUSED: Final = b'{"error":{"code":"unauthenticated","message":"give the monitoring token ' \

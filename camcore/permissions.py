@@ -14,7 +14,8 @@ has no business sending a subject is refused by the server itself, whatever it t
 - edges make the requests they need (chat, presence, files and video, but neither
   ``cam.video.rpc.admin`` nor ``cam.chat.rpc.operator.*``, the operator's moderation
   subjects, which carry no user to check) and publish only what they own: typing, ``session_revoked``,
-  conference signalling and their heartbeats;
+  conference signalling and their heartbeats; the workers of one edge answer each
+  other's gathering of metrics (``cam.edge.<node>.metrics``);
 - services answer requests they received (``allow_responses``) and nothing else;
 - the ``operator`` credential (``camctl``, readiness probes) may do everything,
   admin subjects included.
@@ -59,9 +60,11 @@ PERMISSIONS: Final[dict[str, Permission]] = {
                  *(f"{s.VIDEO_RPC}.{op}"
                    for op in ("join", "leave", "participants", "explain", "admin_as")),
                  s.HEALTH_CLUSTER, "cam.room.*.typing", "cam.user.*.session", "cam.conf.*.signal",
-                 "cam.hb.edge.*"),
+                 "cam.hb.edge.*", "cam.edge.*.metrics"),
         subscribe=("cam.room.*.*", "cam.user.*.*", "cam.presence.user.*", "cam.conf.*.*",
-                   _inbox("edge"))),
+                   "cam.edge.*.metrics", _inbox("edge")),
+        # A worker answers its siblings' gathering of metrics (cam_edge.workers).
+        responds=True),
     "chat": Permission(
         publish=("cam.room.*.ev", "cam.user.*.ev", "cam.hb.chat.*"),
         subscribe=(s.CHAT_RPC_ALL, s.CHAT_OPERATOR_ALL, _inbox("chat")), responds=True),

@@ -110,6 +110,12 @@ def presence_rpc(op: str) -> str:
     return f"{PRESENCE_RPC}.{_token(op)}"
 
 
+def edge_metrics(node: str) -> str:
+    """``cam.edge.<node>.metrics``: a worker of edge ``node`` gathers its siblings'
+    Prometheus expositions (cam_edge.workers); each answers on the inbox."""
+    return f"{PREFIX}.edge.{_token(node)}.metrics"
+
+
 def presence_user(user_id: int) -> str:
     """``cam.presence.user.<id>``: a user's shown status changed (published once)."""
     return f"{PREFIX}.presence.user.{int(user_id)}"

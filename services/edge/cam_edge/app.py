@@ -27,7 +27,7 @@ from camcore import PROTOCOL_VERSION, accounts, bus, db, errors, guests, protoco
 from camcore.config import Settings
 from camcore.errors import CamError
 from camcore.loops import Loops, every
-from camcore.metrics import REGISTRY, exposition, identify
+from camcore.metrics import REGISTRY, exposition, exposition_of, identify
 
 from .admin_api import AdminApi
 from .connection import Connection
@@ -59,6 +59,7 @@ from .rest import (
     rest,
 )
 from .static import WEB_DIR, WebFiles, index_page
+from .workers import Worker, WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -79,18 +80,24 @@ class PasswordChange(msgspec.Struct, forbid_unknown_fields=True):
     new: str
 
 
-def create_app(settings: Settings, *, web_dir: Path = WEB_DIR) -> Starlette:
-    """The edge; ``web_dir`` holds the web app it serves (the package's own by default)."""
+def create_app(settings: Settings, worker: Worker | None = None, *,
+               web_dir: Path = WEB_DIR) -> Starlette:
+    """The edge, or one of its workers (cam_edge.workers); ``web_dir`` holds the web app
+    it serves (the package's own by default)."""
     state: dict[str, Any] = {}
-    file_routes = FileRoutes(settings, lambda: state["edge"])
-    guard = LoginGuard(max_failures=settings.login_max_failures,
-                       address_max_failures=settings.login_address_max_failures,
+    # A worker's own name on the bus, in presence and for its uploads; clients and the
+    # load balancer see the node's.
+    instance = settings.node_name if worker is None else worker.instance(settings.node_name)
+    share = (lambda n: n) if worker is None else worker.share
+    file_routes = FileRoutes(settings, lambda: state["edge"], instance)
+    guard = LoginGuard(max_failures=share(settings.login_max_failures),
+                       address_max_failures=share(settings.login_address_max_failures),
                        window=settings.login_failure_window,
                        concurrency=settings.login_concurrency)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        pool = await db.create_pool(settings.database_url, max_size=10)
+        pool = await db.create_pool(settings.database_url, max_size=max(2, share(10)))
 
         async def on_reconnect() -> None:
             # Anything may have happened while we were away: re-register and re-read.
@@ -100,32 +107,38 @@ def create_app(settings: Settings, *, web_dir: Path = WEB_DIR) -> Starlette:
                     await state["edge"].watch.refresh()
 
         try:
-            nc = await bus.connect(settings.nats_urls, f"edge:{settings.node_name}",
+            nc = await bus.connect(settings.nats_urls, f"edge:{instance}",
                                    reconnected_cb=on_reconnect,
                                    credentials=settings.nats_credentials or None)
         except BaseException:
             await pool.close()
             raise
         edge = Edge(settings=settings, nc=nc, pool=pool, hub=Hub(nc),
-                    presence=PresenceAgent(nc, settings.node_name, settings.heartbeat_interval,
+                    presence=PresenceAgent(nc, instance, settings.heartbeat_interval,
                                             settings.node_timeout),
                     watch=PresenceWatch(nc, settings.node_timeout,
                                         max_users=settings.watch_per_edge),
                     requests=RequestLimiter(settings.request_rate_limit,
                                             settings.request_rate_window),
-                    counts=ConnectionCounts(per_address=settings.max_connections_per_address,
-                                            per_user=settings.max_connections_per_user))
+                    counts=ConnectionCounts(
+                        per_address=share(settings.max_connections_per_address),
+                        per_user=share(settings.max_connections_per_user)))
         state["edge"] = edge
+        if worker is not None:
+            state["metrics"] = WorkerMetrics(nc, settings.node_name, worker)
+            await state["metrics"].start()
         state["health"] = HealthProbe(edge)
         await _start_files(file_routes, edge)
-        probe = SelfProbe(edge, settings.probe_interval) if settings.probe_interval else None
+        # One self-probe and one sweep of local files per node: the first worker's.
+        first = worker is None or worker.index == 0
+        probe = SelfProbe(edge, settings.probe_interval) if settings.probe_interval and first else None
         gauges = EdgeGauges(edge, probe)
         REGISTRY.register(gauges)
         identify("edge", settings.node_name)
         try:
             async with Loops() as loops:
                 loops.start("edge heartbeat", bus.heartbeat(
-                    nc, "edge", settings.node_name, settings.node_name,
+                    nc, "edge", instance, settings.node_name,
                     settings.heartbeat_interval,
                     lambda: {"connections": float(len(edge.connections)),
                              "rooms": float(edge.hub.room_count),
@@ -140,10 +153,10 @@ def create_app(settings: Settings, *, web_dir: Path = WEB_DIR) -> Starlette:
                                                    functools.partial(session_check, edge)))
                 if probe is not None:
                     loops.start("self-probe", probe.run)
-                if settings.storage == "local":
+                if settings.storage == "local" and first:
                     loops.start("local file sweep", every(LOCAL_SWEEP_INTERVAL,
                                                           file_routes.sweep_local))
-                log.info("edge %s ready", settings.node_name)
+                log.info("edge %s ready", instance)
                 try:
                     yield
                 finally:
@@ -275,6 +288,8 @@ def create_app(settings: Settings, *, web_dir: Path = WEB_DIR) -> Starlette:
     async def metrics(request: Request) -> Response:
         """Prometheus (docs/monitoring.md): for the monitoring token, or an admin."""
         await require_monitor(request)
+        if "metrics" in state:  # one of several workers: it answers for all of them
+            return exposition_of(await state["metrics"].gather())
         return exposition()
 
     async def require_monitor(request: Request) -> None:
@@ -416,10 +431,10 @@ async def _start_files(routes: FileRoutes, edge: Edge) -> None:
     await asyncio.to_thread(routes.clear_temp)
     try:
         aborted = await bus.call(edge.nc, subjects.files_rpc("abort_node"),
-                                 wire.FilesAbortNode(user_id=0, node=edge.settings.node_name),
+                                 wire.FilesAbortNode(user_id=0, node=routes.instance),
                                  timeout=2)
         # Their bytes may have reached the store just before the edge died.
         await routes.forget(aborted["aborted"])
     except CamError as exc:
         log.info("unfinished uploads of %s not aborted now (%s); the sweep will",
-                 edge.settings.node_name, exc.message)
+                 routes.instance, exc.message)

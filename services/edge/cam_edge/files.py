@@ -110,12 +110,14 @@ class _Part:
 class FileRoutes:
     """The REST routes of attachments, and the store they read and write."""
 
-    def __init__(self, settings: Settings, edge: Callable[[], Edge]) -> None:
+    def __init__(self, settings: Settings, edge: Callable[[], Edge], instance: str) -> None:
         self.settings = settings
         self.edge = edge
+        self.instance = instance
+        """This process's name (a worker's own, cam_edge.workers): its uploads in progress."""
         self.store = storage.open_store(settings)
         self.local = storage.LocalStore(settings.data_root)
-        self.temp = self.local.temp_dir(settings.node_name)
+        self.temp = self.local.temp_dir(instance)
         self.images = images.ImageWorker(settings.image_max_pixels)
         self.peers = {entry.address: server_url(entry) for entry in settings.cluster_hosts}
         self.own = settings.cluster_hosts[0].address if settings.cluster_hosts else None
@@ -189,7 +191,7 @@ class FileRoutes:
         reserved = await self._files("reserve", wire.FilesReserve(
             user_id=user.id, room=room, declared=declared,
             storage=self.settings.storage,  # type: ignore[arg-type]
-            node=self.settings.node_name,
+            node=self.instance,
             holder=self.own if self.settings.storage == "local" else None))
         file_id: str = reserved["file_id"]
         written: list[str] = []

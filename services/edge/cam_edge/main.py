@@ -4,6 +4,9 @@ On SIGTERM the edge drains: its health check turns 503 at once (so a load balanc
 takes it out), after cam.drainSeconds it closes every client with 4002 ("reconnect
 elsewhere") once their queued frames are sent, deregisters its sessions, and exits.
 A second signal exits at once.
+
+With ``cam.edgeWorkers`` above 1 this process supervises that many workers on the port
+(cam_edge.workers); each worker is this program again, with ``--worker i``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sys
 import time
 from types import FrameType
 from typing import Any
@@ -21,10 +26,11 @@ import uvicorn
 
 from camcore import protocol
 from camcore.config import Settings
-from camcore.runtime import load_or_exit, setup_logging
+from camcore.runtime import load_or_exit, set_parent_death_signal, setup_logging
 
 from .app import create_app
 from .limits import MAX_HEADER_BYTES, header_guarded_h11
+from .workers import Supervisor, Worker, reuseport_socket
 from .wsproto import EdgeWebSocketProtocol
 
 log = logging.getLogger("cam_edge")
@@ -67,11 +73,23 @@ class EdgeServer(uvicorn.Server):
 def main() -> None:
     parser = argparse.ArgumentParser(prog="cam-edge")
     parser.add_argument("--config", help="path to boot.ini (default: $CAM_BOOT_INI)")
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # from the supervisor
     args = parser.parse_args()
-    setup_logging("cam-edge")
+    name = "cam-edge" if args.worker is None else f"cam-edge-w{args.worker}"
+    setup_logging(name)
     settings = load_or_exit(args.config, needs_database="the edge")
-    setup_logging("cam-edge", settings)
-    app = create_app(settings)
+    setup_logging(name, settings)
+    worker = None
+    if settings.edge_workers > 1:
+        if args.worker is None:
+            argv = [] if args.config is None else ["--config", args.config]
+            sys.exit(Supervisor(settings, argv).run())
+        worker = Worker(args.worker, settings.edge_workers)
+        # A worker dies with its supervisor, as the processes of a crashed edge do.
+        set_parent_death_signal(signal.SIGKILL)
+        if os.getppid() == 1:
+            sys.exit(1)
+    app = create_app(settings, worker)
     config = uvicorn.Config(
         app,
         host=settings.http_host,
@@ -96,7 +114,11 @@ def main() -> None:
         access_log=False,
         timeout_graceful_shutdown=5,
     )
-    EdgeServer(config, settings, app.state.cam).run()
+    server = EdgeServer(config, settings, app.state.cam)
+    if worker is None:
+        server.run()
+    else:
+        server.run(sockets=[reuseport_socket(settings.http_host, settings.http_port)])
 
 
 if __name__ == "__main__":
