@@ -105,7 +105,9 @@ def raise_nofile(pid: int) -> None:
     room is 10,000 sockets in the load generator and 5,000 in each server)."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(psutil.Error, ValueError, OSError):
-        psutil.Process(pid).rlimit(psutil.RLIMIT_NOFILE, (hard, hard))
+        root = psutil.Process(pid)
+        for proc in (root, *root.children(recursive=True)):  # an edge's workers too
+            proc.rlimit(psutil.RLIMIT_NOFILE, (hard, hard))
 
 
 async def make_rooms(cluster: BenchCluster, name: str, rooms: list[list[int]]) -> list[int]:
@@ -245,7 +247,8 @@ def within(s: dict[str, Any]) -> bool:
 
 async def run_ours(args: argparse.Namespace, lay: Layout, workdir: Path, name: str
                    ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
-    cluster = await BenchCluster(edges=2, chat=1, presence=1).start()
+    cluster = await BenchCluster(edges=2, chat=1, presence=1,
+                                 extra_env={"CAM_EDGE_WORKERS": str(args.edge_workers)}).start()
     prof: dict[str, Any] = {}
     lg: NodeLoadgen | None = None
     try:
@@ -385,7 +388,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine,
         "params": {"rooms": lay.rooms, "members": lay.members, "connections": lay.clients, "nodes": 2,
                    "senders": len(lay.senders), "senders_per_room": lay.senders_per_room,
-                   "rates": args.rates, "step_seconds": args.step_seconds, "p99_bound_ms": P99_BOUND_MS},
+                   "rates": args.rates, "step_seconds": args.step_seconds, "p99_bound_ms": P99_BOUND_MS,
+                   "edge_workers": args.edge_workers},
         "load_generator": loadgen,
         "ours": ours, "socketio": peer,
         "best_ours": b_ours, "best_socketio": b_peer,
@@ -421,7 +425,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                    else f"Socket.IO's protocol spoken over `ws` {loadgen['ws']} (`--sio-client ws`)")
     md = f"""# Scenario 2: fan-out throughput
 
-Command: `python -m bench.fanout --rooms {lay.rooms} --members {lay.members} --rates {' '.join(f'{r:g}' for r in args.rates)} --step-seconds {args.step_seconds:g} --sio-client {args.sio_client}`
+Command: `python -m bench.fanout --rooms {lay.rooms} --members {lay.members} --rates {' '.join(f'{r:g}' for r in args.rates)} --step-seconds {args.step_seconds:g} --sio-client {args.sio_client}{f' --edge-workers {args.edge_workers}' if args.edge_workers != 1 else ''}`
 {shape(lay).capitalize()}, half of each room on each node; {senders}, sent to round-robin at the
 publish rate (open loop), each send awaiting its acknowledgement.
 
@@ -432,7 +436,7 @@ time, in brackets the kernel's part of it (1.00 = its core busy: there it, not t
 the pace). Connecting every client took {loadgen["connect_seconds_ours"]} s (ours, with auth) and
 {loadgen["connect_seconds_socketio"]} s (Socket.IO, with join).
 
-Ours (2 edges, 1 chat replica, messages stored before delivery):
+Ours (2 edges{f" of {args.edge_workers} workers each" if args.edge_workers != 1 else ""}, 1 chat replica, messages stored before delivery):
 
 {head}
 {table(ours)}
@@ -463,6 +467,8 @@ def main() -> None:
                         help="publish rates in messages/s, all rooms together (default: 2,000 to "
                              "120,000 deliveries/s over the room size)")
     parser.add_argument("--step-seconds", type=float, default=5.0)
+    parser.add_argument("--edge-workers", type=int, default=1,
+                        help="worker processes per edge (cam.edgeWorkers; default 1)")
     parser.add_argument("--sio-client", choices=["socket.io-client", "ws"], default="socket.io-client",
                         help="the peer's clients: the socket.io-client library (default), or the same "
                              "protocol over plain `ws`, read like ours (less load generator CPU per delivery)")
