@@ -298,7 +298,7 @@ class Connection:
             return
         verdict = cursor.offer(seq, frame)
         if verdict is Verdict.DELIVER:
-            self.push(frame)  # a full queue here means the client cannot keep up
+            self.out.push(frame)  # a full queue here means the client cannot keep up
         if verdict is Verdict.DUPLICATE:
             return
         if leaving is not None and self.user is not None and (

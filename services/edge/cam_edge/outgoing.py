@@ -111,11 +111,12 @@ class Outgoing:
     def queued_frames(self) -> int:
         return self._in_buffer() + len(self._pending)
 
-    def _in_buffer(self) -> int:
-        """Frames (partly) in the socket's write buffer."""
+    def _in_buffer(self, buffered: int | None = None) -> int:
+        """Frames (partly) in the socket's write buffer (of ``buffered`` bytes, if known)."""
         if self._ends is None:
             return 0
-        buffered = self._socket.buffered()
+        if buffered is None:
+            buffered = self._socket.buffered()
         if buffered == 0:
             self._ends, self._written, self._frames = None, 0, 0
             return 0
@@ -131,9 +132,10 @@ class Outgoing:
         client as too slow."""
         if self.close_code is not None:
             return
-        size = len(frame)
-        if (self._socket.buffered() + self._pending_bytes + size > self._max_bytes
-                or self._in_buffer() + len(self._pending) >= self._max_frames):
+        size = frame.size
+        buffered = self._socket.buffered()
+        if (buffered + self._pending_bytes + size > self._max_bytes
+                or self._in_buffer(buffered) + len(self._pending) >= self._max_frames):
             self.close(protocol.CLOSE_RESUME, TOO_SLOW)
             return
         self._pending.append(frame)

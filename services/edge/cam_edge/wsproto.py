@@ -40,22 +40,21 @@ class Frame:
     which are timed and counted as deliveries (``cam_edge.metrics``), else None.
     """
 
-    __slots__ = ("_wire", "data", "ts")
+    __slots__ = ("data", "size", "ts", "wire_bytes")
 
     def __init__(self, data: bytes, ts: int | None = None) -> None:
         self.data = data
         self.ts = ts
-        self._wire: bytes | None = None
+        self.wire_bytes = WsFrame(Opcode.TEXT, data).serialize(mask=False, extensions=[])
+        """The unmasked WebSocket text frame (header and payload), built once."""
+        self.size = len(self.wire_bytes)
+        """Bytes the frame takes on the wire, and in a socket's write buffer."""
 
     def wire(self) -> bytes:
-        """The unmasked WebSocket text frame (header and payload), built once."""
-        if self._wire is None:
-            self._wire = WsFrame(Opcode.TEXT, self.data).serialize(mask=False, extensions=[])
-        return self._wire
+        return self.wire_bytes
 
     def __len__(self) -> int:
-        """Bytes the frame takes on the wire, and in a socket's write buffer."""
-        return len(self.wire())
+        return self.size
 
     def __repr__(self) -> str:
         return f"Frame({self.data[:60]!r}{'...' if len(self.data) > 60 else ''})"
@@ -209,8 +208,10 @@ class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
             for frame in frames:
                 self.conn.send_text(frame.data)
             data = b"".join(self.conn.data_to_send())
+        elif len(frames) == 1:
+            data = frames[0].wire_bytes
         else:
-            data = b"".join([frame.wire() for frame in frames])
+            data = b"".join([frame.wire_bytes for frame in frames])
         self.transport.write(data)
         return len(data)
 
