@@ -37,7 +37,7 @@ from . import profiling
 from .common import BenchCluster, CpuMeter, percentile, scenario_parser, versions, write_report
 from .loadgen import close_all, connect_many, run
 
-TARGET = 0.5
+TARGET = 0.8
 BODY = "persistence benchmark message body, about sixty characters long"
 
 

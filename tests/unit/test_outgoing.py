@@ -5,6 +5,7 @@ that does not read, replays at the client's pace, and the close."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -198,3 +199,16 @@ async def test_only_message_frames_are_deliveries_live_or_replayed() -> None:
     got: dict[bool, Any] = {live: metrics.DELIVERIES[live].value - before[live]
                             for live in (True, False)}
     assert got == {True: 1, False: 1}
+
+
+async def test_a_frame_written_to_many_clients_in_one_turn_counts_and_times_each() -> None:
+    count = metrics.DELIVERIES[True].value
+    timed = metrics.LATENCY.count
+    frame = Frame(b"fan-out", ts=int(time.time() * 1000) - 50)  # committed 50 ms ago
+    outs = [outgoing()[0] for _ in range(3)]
+    for out in outs:
+        out.push(frame)
+    outs[0].push(Frame(b"another", ts=int(time.time() * 1000)))
+    await turn()
+    assert metrics.DELIVERIES[True].value - count == 4
+    assert metrics.LATENCY.count - timed == 4

@@ -299,13 +299,14 @@ class Connection:
         verdict = cursor.offer(seq, frame)
         if verdict is Verdict.DELIVER:
             self.out.push(frame)  # a full queue here means the client cannot keep up
-        if verdict is Verdict.DUPLICATE:
+        elif verdict is Verdict.DUPLICATE:
             return
         if leaving is not None and self.user is not None and (
                 leaving is EVERYONE or self.user.username in leaving):
             self.forget_room(room)
             return
-        self.start_repair(room)
+        if cursor.pending:  # held frames: fetch what comes before them
+            self.start_repair(room)
 
     def behind(self, room: int, head: int) -> None:
         """The store had ``head`` for this room at the last check and has it now."""

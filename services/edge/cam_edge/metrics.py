@@ -12,8 +12,9 @@ they are plain numbers (``camcore.metrics.LoopCounter``), read only when scraped
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import (
@@ -42,15 +43,42 @@ CLOSED: dict[str, LoopCounter] = {}
 KINDS = ("member", "guest", "probe", "unauthenticated")
 
 
+_turn: dict[Frame, int] = {}
+"""Live message frames written during one flush of every client (``tallying``), by
+frame: a room's frame, written to each member, is timed once with that weight."""
+_tallying = [False]
+
+
 def delivered(frames: list[Frame], live: bool) -> None:
     """These frames were written to a client's socket: count and time the messages."""
-    now = time.time()
-    counter = DELIVERIES[live]
+    if not live:
+        DELIVERIES[False].value += sum(1 for frame in frames if frame.ts is not None)
+        return
     for frame in frames:
         if frame.ts is not None:
-            counter.inc()
-            if live:
-                LATENCY.observe(max(0.0, now - frame.ts / 1000))
+            _turn[frame] = _turn.get(frame, 0) + 1
+    if not _tallying[0]:
+        settle()
+
+
+@contextlib.contextmanager
+def tallying() -> Iterator[None]:
+    """Count and time the live deliveries of a block at its end, once per frame."""
+    _tallying[0] = True
+    try:
+        yield
+    finally:
+        _tallying[0] = False
+        settle()
+
+
+def settle() -> None:
+    now = time.time()
+    counter = DELIVERIES[True]
+    for frame, times in _turn.items():
+        counter.value += times
+        LATENCY.observe(max(0.0, now - frame.ts / 1000), times)  # type: ignore[operator]
+    _turn.clear()
 
 
 def opened() -> None:

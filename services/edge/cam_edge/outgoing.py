@@ -62,11 +62,12 @@ def _flush_all() -> None:
     dirty = _dirty[:]
     _dirty.clear()
     _dirty_loop[0] = None
-    for out in dirty:
-        try:
-            out._flush()
-        except Exception:  # one broken socket must not hold back the others
-            log.exception("writing to a client failed")
+    with metrics.tallying():
+        for out in dirty:
+            try:
+                out._flush()
+            except Exception:  # one broken socket must not hold back the others
+                log.exception("writing to a client failed")
 
 
 class Outgoing:
