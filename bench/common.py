@@ -135,6 +135,9 @@ class BenchCluster(LocalCluster):
 
     def stop(self) -> None:
         super().stop()
+        keep = os.environ.get("BENCH_KEEP_LOGS")
+        if keep:  # the servers' logs, to read after the run
+            shutil.copytree(self.logdir, Path(keep) / self.tmp.name, dirs_exist_ok=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

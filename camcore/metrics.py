@@ -19,6 +19,7 @@ import asyncio
 import bisect
 import contextlib
 import functools
+import gc
 import hmac
 import logging
 import socket
@@ -80,8 +81,10 @@ RPC_SECONDS = Histogram("cam_rpc_duration_seconds", "Time to serve one bus reque
 
 
 def identify(kind: str, node: str) -> None:
-    """Set ``cam_process_info{kind, node}``: what dashboards group processes by."""
+    """Set ``cam_process_info{kind, node}``: what dashboards group processes by; and
+    time this server process's garbage collections."""
     PROCESS.labels(kind=kind, node=node).set(1)
+    GC_PAUSES.watch()
 
 
 def bus_up() -> None:
@@ -216,6 +219,50 @@ class LoopHistogram:
 
     def add_to(self, family: HistogramMetricFamily, labels: Sequence[str]) -> None:
         family.add_metric(list(labels), self.buckets(), self.sum)
+
+
+GC_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+GC_SLOW: Final = 0.1
+"""A collection pausing the process for longer than this is logged (a warning)."""
+
+
+class _GcPauses(Collector):
+    """How long the garbage collector stops the process, per generation: a full
+    collection walks every live object, and a process holding thousands of connections
+    holds millions of them (``cam_gc_pause_seconds``)."""
+
+    def __init__(self) -> None:
+        self.pauses = [LoopHistogram(GC_BUCKETS) for _ in range(3)]
+        self._started = 0.0
+
+    def watch(self) -> None:
+        """Time every collection from now on (a server process, from ``identify``)."""
+        if self._callback not in gc.callbacks:
+            gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        took = time.perf_counter() - self._started
+        generation = info.get("generation", 2)
+        self.pauses[min(generation, 2)].observe(took)
+        if took > GC_SLOW:
+            log.warning("garbage collection of generation %d stopped the process for "
+                        "%.0f ms (%d objects collected)", generation, took * 1000,
+                        info.get("collected", 0))
+
+    def collect(self) -> Iterable[Metric]:
+        family = HistogramMetricFamily("cam_gc_pause_seconds", "Seconds the garbage "
+                                       "collector stopped the process, per generation.",
+                                       labels=["generation"])
+        for generation, pauses in enumerate(self.pauses):
+            pauses.add_to(family, [str(generation)])
+        return [family]
+
+
+GC_PAUSES: Final = _GcPauses()
+REGISTRY.register(GC_PAUSES)
 
 
 # --------------------------------------------------------------------------- /metrics

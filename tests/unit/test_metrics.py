@@ -251,3 +251,22 @@ def test_the_edge_counts_connections_by_kind_and_sums_the_queues() -> None:
     assert got[("cam_edge_outgoing_queued_bytes", ())] == 1310
     assert got[("cam_edge_outgoing_queue_max_frames", ())] == 10
     assert got[("cam_edge_rooms", ())] == 4
+
+
+def test_garbage_collection_pauses_are_timed_per_generation_and_long_ones_logged(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    def full_count() -> float:
+        samples = metrics.GC_PAUSES.collect()[0].samples  # type: ignore[index]
+        return next(s.value for s in samples if s.name == "cam_gc_pause_seconds_count"
+                    and s.labels["generation"] == "2")
+
+    metrics.identify("chat", "camserver1")  # a server process: its collections are timed
+    before = full_count()
+    gc.collect()
+    assert full_count() == before + 1
+    monkeypatch.setattr(metrics, "GC_SLOW", -1.0)  # every pause counts as long now
+    with caplog.at_level("WARNING", logger="camcore.metrics"):
+        gc.collect()
+    assert "garbage collection of generation 2 stopped the process" in caplog.text
