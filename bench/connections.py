@@ -37,7 +37,7 @@ from .common import (
 )
 from .loadgen import close_all, connect_many, run
 
-TARGET_KIB = 30.0
+TARGET_KIB = 20.0
 WARM = 100
 
 
