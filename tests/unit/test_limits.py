@@ -183,13 +183,25 @@ async def test_a_body_that_stops_arriving_gets_408_after_the_timeout():
 # ---------------------------------------------------------------- WebSockets
 
 
-def test_requests_per_connection_are_limited_each_on_its_own_with_a_retry_hint(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = [1000.0]  # the start of a 10 s window
-    monkeypatch.setattr("cam_edge.limits.time.monotonic", lambda: clock[0])
-    limiter = RequestLimiter(5, 10)
-    for _ in range(5):
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The limiter's clock, at the start of a 10 s window; set ``clock[0]`` to move it."""
+    now = [1000.0]
+    monkeypatch.setattr("cam_edge.limits.time.monotonic", lambda: now[0])
+    return now
+
+
+def full_limiter(limit: int) -> RequestLimiter:
+    """A limiter of ``limit`` per 10 s whose connection "a" has used all of them."""
+    limiter = RequestLimiter(limit, 10)
+    for _ in range(limit):
         limiter.hit("a")
+    return limiter
+
+
+def test_requests_per_connection_are_limited_each_on_its_own_with_a_retry_hint(
+        clock: list[float]) -> None:
+    limiter = full_limiter(5)
     with pytest.raises(RateLimited) as exc:
         limiter.hit("a")
     # The counter is conservative: five at a window's start still weigh 4 of 5 two
@@ -208,12 +220,8 @@ def test_requests_per_connection_are_limited_each_on_its_own_with_a_retry_hint(
 
 
 def test_the_request_window_slides_the_previous_windows_requests_out_gradually(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = [1000.0]  # the start of a 10 s window
-    monkeypatch.setattr("cam_edge.limits.time.monotonic", lambda: clock[0])
-    limiter = RequestLimiter(10, 10)
-    for _ in range(10):
-        limiter.hit("a")
+        clock: list[float]) -> None:
+    limiter = full_limiter(10)
     clock[0] = 1009.0
     with pytest.raises(RateLimited) as full:
         limiter.hit("a")

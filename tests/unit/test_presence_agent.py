@@ -35,6 +35,12 @@ async def _run(agent: PresenceAgent) -> asyncio.Task[None]:
     return asyncio.create_task(agent.run())
 
 
+async def _stop(agent: PresenceAgent, task: asyncio.Task[None]) -> None:
+    agent._stopped = True
+    agent._wake.set()
+    await asyncio.wait_for(task, 2.0)
+
+
 async def test_a_reconnect_abandons_the_request_in_flight_and_syncs_at_once() -> None:
     nc = LosingBus()
     agent = PresenceAgent(nc, "n1", interval=60.0, node_timeout=600.0)  # type: ignore[arg-type]
@@ -47,9 +53,7 @@ async def test_a_reconnect_abandons_the_request_in_flight_and_syncs_at_once() ->
     await eventually(lambda: len(nc.requests) == 2, 2.0, "the agent's requests")
     op, body = nc.requests[1]
     assert op == "sync" and body["sessions"] == [[7, 42]]
-    agent._stopped = True
-    agent._wake.set()
-    await asyncio.wait_for(task, 2.0)
+    await _stop(agent, task)
 
 
 async def test_a_lost_request_is_given_up_within_half_the_node_timeout() -> None:
@@ -59,9 +63,7 @@ async def test_a_lost_request_is_given_up_within_half_the_node_timeout() -> None
     task = await _run(agent)
     await eventually(lambda: len(nc.requests) >= 2, 3.0, "the agent's requests")
     assert [op for op, _ in nc.requests[:2]] == ["sync", "sync"]  # the lost one is re-sent whole
-    agent._stopped = True
-    agent._wake.set()
-    await asyncio.wait_for(task, 2.0)
+    await _stop(agent, task)
 
 
 async def test_cancelling_the_agent_still_cancels_it() -> None:
