@@ -68,7 +68,9 @@ async def measure(args: argparse.Namespace, edge_module: str | None, profile: bo
         task = (asyncio.create_task(profiling.profile({"edge": pid}, min(6, max(2, n / 800)), "connections"))
                 if profile else None)
         t0 = time.perf_counter()
-        clients = await connect_many([url] * n, [t for _, t in users[WARM:]])
+        # Beyond 20,000, the clients come from several loopback addresses (127.0.0.k).
+        sources = [f"127.0.0.{k + 1}" for k in range(-(-n // 20_000))] if n > 20_000 else None
+        clients = await connect_many([url] * n, [t for _, t in users[WARM:]], sources=sources)
         connect_s = time.perf_counter() - t0
         cpu = meter.stop()
         if task is not None:

@@ -97,19 +97,24 @@ def sent_at(body: str) -> float:
 
 
 async def connect_many(urls: Iterable[str], tokens: Iterable[str], *, on_event: OnEvent | None = None,
-                       on_events: list[OnEvent] | None = None, concurrency: int = 64) -> list[Client]:
+                       on_events: list[OnEvent] | None = None, concurrency: int = 64,
+                       sources: list[str] | None = None) -> list[Client]:
     """Open and authenticate one client per (url, token), ``concurrency`` at a time.
 
-    Pushed frames go to ``on_event``, or to ``on_events[i]`` for the i-th client.
+    Pushed frames go to ``on_event``, or to ``on_events[i]`` for the i-th client. With
+    ``sources``, client i connects from address ``sources[i % len(sources)]``: one
+    address has about 28,000 ephemeral ports towards one server port.
     """
     sem = asyncio.Semaphore(concurrency)
 
     async def one(i: int, url: str, token: str) -> Client:
         handler = on_events[i] if on_events is not None else on_event
+        local = (sources[i % len(sources)], 0) if sources else None
         async with sem:
             for attempt in range(5):
                 try:
-                    return await Client.connect(url, token, events=Sink(handler), open_timeout=30)
+                    return await Client.connect(url, token, events=Sink(handler), open_timeout=30,
+                                                local_addr=local)
                 except (OSError, TimeoutError):
                     if attempt == 4:
                         raise

@@ -110,11 +110,14 @@ class Client:
     async def open(cls, url: str, *, origin: str | None = None, max_size: int = 2**24,
                    events: asyncio.Queue[dict[str, Any]] | None = None,
                    last_seq: dict[int, int] | None = None, open_timeout: float = 10,
-                   compression: str | None = "deflate") -> Client:
-        """Connect without authenticating (``hello`` is read)."""
+                   compression: str | None = "deflate",
+                   local_addr: tuple[str, int] | None = None) -> Client:
+        """Connect without authenticating (``hello`` is read); ``local_addr`` binds the
+        socket's own end first (a load generator spreading clients over addresses)."""
         headers = {"Origin": origin} if origin else None
+        extra: dict[str, Any] = {"local_addr": local_addr} if local_addr else {}
         ws = await connect(url, additional_headers=headers, max_size=max_size,
-                           open_timeout=open_timeout, compression=compression)
+                           open_timeout=open_timeout, compression=compression, **extra)
         self = cls(ws, events=events, last_seq=last_seq)
         self.hello = json.loads(await asyncio.wait_for(ws.recv(), 10))
         self._reader = asyncio.create_task(self._read())
